@@ -1,0 +1,126 @@
+// Package providers turns stored connections into provisioned sdk.Provider
+// instances and keeps them, one per connection, for the engine and the API.
+package providers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/batchsender/batchsender"
+	"github.com/batchsender/batchsender/sdk"
+)
+
+// Unsealer opens a connection's sealed secrets.
+type Unsealer interface {
+	Open(sealed []byte) ([]byte, error)
+}
+
+// Config is what every provisioned provider shares.
+type Config struct {
+	Unsealer             Unsealer
+	Logger               *slog.Logger
+	Dialer               func(ctx context.Context, network, address string) (net.Conn, error)
+	AllowPrivateNetworks bool
+	PublicURL            string
+	Now                  func() time.Time
+}
+
+// Cache provisions each connection's provider once and reuses it until the
+// connection changes (its UpdatedAt moves).
+type Cache struct {
+	cfg Config
+	mu  sync.Mutex
+	m   map[string]entry
+}
+
+type entry struct {
+	updated time.Time
+	p       sdk.Provider
+}
+
+// NewCache returns an empty cache.
+func NewCache(cfg Config) *Cache {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = (&net.Dialer{Timeout: 10 * time.Second}).DialContext
+	}
+	return &Cache{cfg: cfg, m: map[string]entry{}}
+}
+
+// Provision builds a provider for a connection that is not stored yet, to
+// check its config and secrets (plain JSON) before it is saved. The caller
+// closes the returned provider.
+func (c *Cache) Provision(ctx context.Context, providerID string, config, secrets json.RawMessage) (sdk.Provider, error) {
+	reg, ok := sdk.Lookup(providerID)
+	if !ok {
+		return nil, batchsender.Errorf(batchsender.EINVALID, "unknown provider %q", providerID)
+	}
+	p := reg.New()
+	env := sdk.Env{
+		Config:               config,
+		Secrets:              secrets,
+		Logger:               c.cfg.Logger.With(slog.String("provider", providerID)),
+		Dialer:               c.cfg.Dialer,
+		AllowPrivateNetworks: c.cfg.AllowPrivateNetworks,
+		PublicURL:            c.cfg.PublicURL,
+		Now:                  c.cfg.Now,
+	}
+	if err := p.Provision(ctx, env); err != nil {
+		return nil, batchsender.Errorf(batchsender.EINVALID, "%s connection: %v", providerID, err)
+	}
+	return p, nil
+}
+
+// Get returns the provisioned provider of a stored connection.
+func (c *Cache) Get(ctx context.Context, conn batchsender.Connection) (sdk.Provider, error) {
+	c.mu.Lock()
+	e, ok := c.m[conn.ID]
+	c.mu.Unlock()
+	if ok && e.updated.Equal(conn.UpdatedAt) {
+		return e.p, nil
+	}
+	secrets := []byte("{}")
+	if len(conn.SecretsSealed) > 0 {
+		var err error
+		if secrets, err = c.cfg.Unsealer.Open(conn.SecretsSealed); err != nil {
+			return nil, fmt.Errorf("opening secrets of connection %s: %w", conn.ID, err)
+		}
+	}
+	p, err := c.Provision(ctx, conn.Provider, conn.Config, secrets)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old, ok := c.m[conn.ID]; ok {
+		if old.updated.Equal(conn.UpdatedAt) {
+			// Another caller won the race; keep theirs.
+			_ = p.Close()
+			return old.p, nil
+		}
+		_ = old.p.Close()
+	}
+	c.m[conn.ID] = entry{updated: conn.UpdatedAt, p: p}
+	return p, nil
+}
+
+// Close closes every provider.
+func (c *Cache) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, e := range c.m {
+		_ = e.p.Close()
+		delete(c.m, id)
+	}
+	return nil
+}

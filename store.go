@@ -1,0 +1,215 @@
+package batchsender
+
+import (
+	"context"
+	"encoding/json"
+	"iter"
+	"time"
+)
+
+// Store persists everything BatchSender knows. The core owns the interface;
+// package sqlite and package postgres implement it, and package storetest
+// holds the one conformance suite both run.
+//
+// Every method that reads or changes a project's records takes the project
+// ID and treats a record of another project exactly like a missing one
+// (ENOTFOUND). Methods return *Error values with codes for expected failures.
+type Store interface {
+	// ProjectCreate creates a project. ECONFLICT if the name is taken.
+	ProjectCreate(ctx context.Context, name string) (Project, error)
+	// ProjectGetByName returns the project named name, ENOTFOUND if none.
+	ProjectGetByName(ctx context.Context, name string) (Project, error)
+
+	// APIKeyCreate stores a new key. ECONFLICT if the ID exists.
+	APIKeyCreate(ctx context.Context, p APIKeyCreateParams) (APIKey, error)
+	// APIKeyGetByID returns the key with that public ID, ENOTFOUND if none.
+	APIKeyGetByID(ctx context.Context, id string) (APIKey, error)
+
+	// ConnectionCreate stores a connection. ECONFLICT if the project already
+	// has one of that name.
+	ConnectionCreate(ctx context.Context, p ConnectionCreateParams) (Connection, error)
+	// ConnectionGet returns the project's connection whose ID or name is
+	// idOrName, ENOTFOUND if none.
+	ConnectionGet(ctx context.Context, projectID, idOrName string) (Connection, error)
+	// ConnectionGetByID returns a connection of any project; for the engine
+	// only, never for requests. ENOTFOUND if none.
+	ConnectionGetByID(ctx context.Context, id string) (Connection, error)
+	// ConnectionList returns the project's connections, oldest first.
+	ConnectionList(ctx context.Context, projectID string) ([]Connection, error)
+
+	// BatchCreate creates a batch and all its items atomically: if Items
+	// yields an error, nothing is kept and that error is returned. Items are
+	// numbered from 1 in the order given. ECONFLICT if IdempotencyKey is set
+	// and already used in the project.
+	BatchCreate(ctx context.Context, p BatchCreateParams) (Batch, error)
+	// BatchGetByID returns the project's batch, ENOTFOUND if none.
+	BatchGetByID(ctx context.Context, projectID, id string) (Batch, error)
+	// BatchGetByIdempotencyKey returns the project's batch created with key,
+	// ENOTFOUND if none.
+	BatchGetByIdempotencyKey(ctx context.Context, projectID, key string) (Batch, error)
+	// BatchList returns the project's batches, newest first, starting after
+	// the cursor (a batch ID) when one is given. An empty slice when none.
+	BatchList(ctx context.Context, p BatchListParams) ([]Batch, error)
+	// BatchItemsAppend appends items to a draft batch atomically, numbering
+	// them after the existing ones: if Items yields an error nothing of this
+	// call is kept. ECONFLICT unless the batch is a draft.
+	BatchItemsAppend(ctx context.Context, p BatchItemsAppendParams) (Batch, error)
+	// BatchTransition applies a life-cycle action and returns the batch as it
+	// is afterwards. ECONFLICT when the action does not apply to the current
+	// status (see BatchAction).
+	BatchTransition(ctx context.Context, p BatchTransitionParams) (Batch, error)
+
+	// ItemList returns the project's items of one batch in seq order, after
+	// the cursor (a seq) and filtered by status when given. ENOTFOUND if the
+	// batch is not the project's.
+	ItemList(ctx context.Context, p ItemListParams) ([]Item, error)
+	// ItemAttemptList returns the attempts made at one item, oldest first.
+	// ENOTFOUND if the item is not the project's.
+	ItemAttemptList(ctx context.Context, projectID, itemID string) ([]Attempt, error)
+
+	// BatchesRunnable returns running batches that have pending items, for
+	// the engine; at most limit of them, in no guaranteed order.
+	BatchesRunnable(ctx context.Context, limit int) ([]Batch, error)
+	// BatchesActivateDue moves scheduled batches whose send_at has come to
+	// running and returns how many moved.
+	BatchesActivateDue(ctx context.Context, now time.Time) (int, error)
+
+	// ChunkClaim claims up to Limit due pending items of one running batch,
+	// oldest due first: each becomes in_flight under the owner's lease, and
+	// its attempt count goes up by one in the same statement. Items of a
+	// batch that is not running are never claimed. Returns an empty slice when
+	// nothing is due. Two concurrent claims never return the same item (on
+	// PostgreSQL through FOR UPDATE SKIP LOCKED).
+	ChunkClaim(ctx context.Context, p ChunkClaimParams) ([]Item, error)
+	// ItemResultsWriteMany writes the outcomes of many attempts in one
+	// transaction: item status, error, next attempt time, the attempt record
+	// and the batch counts; batches left with no live items become
+	// completed. A result whose item is no longer in flight under that owner
+	// (its lease was rescued) is ignored and not counted in the return value.
+	ItemResultsWriteMany(ctx context.Context, results []ItemResult) (int, error)
+	// ItemsRelease gives claimed, unsent items back: in_flight → pending,
+	// the attempt that was counted at claim taken back. Only items still
+	// leased by owner change.
+	ItemsRelease(ctx context.Context, owner string, itemIDs []string) (int, error)
+	// LeasesRescue returns in-flight items whose lease expired before the
+	// given time to pending, or to failed when they have used all attempts
+	// (an item that crashes its worker cannot loop forever). Returns how
+	// many items moved.
+	LeasesRescue(ctx context.Context, expiredBefore time.Time) (int, error)
+
+	// Close releases the store's resources.
+	Close() error
+}
+
+// APIKeyCreateParams are the fields of a new key.
+type APIKeyCreateParams struct {
+	ID         string
+	ProjectID  string
+	Name       string
+	Role       string
+	SecretHash []byte
+}
+
+// ConnectionCreateParams are the fields of a new connection.
+type ConnectionCreateParams struct {
+	ProjectID     string
+	Provider      string
+	Name          string
+	Config        json.RawMessage
+	SecretsSealed []byte
+	SecretNames   []string
+}
+
+// NewItem is an item as ingest hands it to the store.
+type NewItem struct {
+	Data json.RawMessage
+}
+
+// BatchCreateParams are the fields of a new batch. Status is draft,
+// scheduled or running, as the caller decided.
+type BatchCreateParams struct {
+	ProjectID      string
+	Module         string
+	ConnectionID   string
+	Provider       string
+	Status         BatchStatus
+	Template       json.RawMessage
+	Options        BatchOptions
+	IdempotencyKey string
+	RequestHash    string
+	Items          iter.Seq2[NewItem, error] // may be nil for an empty draft
+}
+
+// BatchListParams select a page of batches.
+type BatchListParams struct {
+	ProjectID string
+	Cursor    string // the ID of the last batch of the previous page
+	Limit     int
+}
+
+// BatchItemsAppendParams add items to a draft.
+type BatchItemsAppendParams struct {
+	ProjectID string
+	BatchID   string
+	Items     iter.Seq2[NewItem, error]
+}
+
+// BatchAction is a life-cycle change asked of a batch.
+type BatchAction string
+
+// Batch actions and the statuses they apply to.
+const (
+	// ActionStart: draft → scheduled (send_at in the future) or running.
+	ActionStart BatchAction = "start"
+	// ActionPause: scheduled or running → paused. In-flight items finish.
+	ActionPause BatchAction = "pause"
+	// ActionResume: paused → running (or scheduled while send_at is ahead).
+	ActionResume BatchAction = "resume"
+	// ActionCancel: any non-terminal status → cancelled; pending items
+	// become cancelled, in-flight items finish and keep their outcome.
+	ActionCancel BatchAction = "cancel"
+	// ActionRetryFailed: failed and unknown items go back to pending with
+	// fresh attempts; a completed batch becomes running again. Not for
+	// cancelled batches.
+	ActionRetryFailed BatchAction = "retry_failed"
+)
+
+// BatchTransitionParams ask for a life-cycle action.
+type BatchTransitionParams struct {
+	ProjectID string
+	BatchID   string
+	Action    BatchAction
+	Now       time.Time
+	Reason    string // shown as status_reason (e.g. why a batch paused itself)
+}
+
+// ItemListParams select a page of a batch's items.
+type ItemListParams struct {
+	ProjectID string
+	BatchID   string
+	Status    ItemStatus // empty for all
+	AfterSeq  int64
+	Limit     int
+}
+
+// ChunkClaimParams describe one claim.
+type ChunkClaimParams struct {
+	BatchID    string
+	Owner      string // the claiming worker's ID
+	Now        time.Time
+	LeaseUntil time.Time
+	Limit      int
+}
+
+// ItemResult is the engine's verdict on one attempt, ready to be written.
+type ItemResult struct {
+	ItemID            string
+	BatchID           string
+	Owner             string
+	Status            ItemStatus // pending (retry later), succeeded, failed or unknown
+	NextAttemptAt     time.Time  // when Status is pending
+	Error             string
+	ProviderMessageID string
+	Units             int // billable units used (0 when nothing was billed)
+	Attempt           Attempt
+}
