@@ -213,3 +213,22 @@ type ItemResult struct {
 	Units             int // billable units used (0 when nothing was billed)
 	Attempt           Attempt
 }
+
+// WorkSignaler is implemented by stores that several processes share
+// (PostgreSQL): it wakes idle nodes when new work arrives instead of making
+// them poll. Single-process stores do not implement it.
+type WorkSignaler interface {
+	// WorkSignal tells every node that new work may be due.
+	WorkSignal(ctx context.Context) error
+	// WorkWait calls wake on every signal until ctx ends.
+	WorkWait(ctx context.Context, wake func()) error
+}
+
+// LeaderElector is implemented by stores that several processes share: one
+// node at a time holds the maintenance role (lease rescue, scheduling,
+// retention), and another takes it over when that node dies.
+type LeaderElector interface {
+	// LeaderTry makes this process the leader if no live process is, and
+	// reports whether this process is the leader now.
+	LeaderTry(ctx context.Context) (bool, error)
+}
