@@ -198,3 +198,20 @@ func FuzzParse(f *testing.F) {
 		_, _ = tp.Render(vars, true)
 	})
 }
+
+func TestDecodeVarsKeepsIntegersExact(t *testing.T) {
+	t.Parallel()
+	vars, err := DecodeVars([]byte(`{"id": 12345678901234567, "price": 12.5, "n": [1, 2.5], "o": {"k": 3}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := render(t, "{{ id }} {{ price | money }} {{ n | join: ',' }} {{ o.k | plus: 1 }}{% if o.k > 2 %} big{% endif %}", vars, false)
+	if want := "12345678901234567 12.50 1,2.5 4 big"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	for _, bad := range []string{`[1]`, `{"a":1} {}`, `nope`} {
+		if _, err := DecodeVars([]byte(bad)); err == nil {
+			t.Errorf("DecodeVars(%s) succeeded", bad)
+		}
+	}
+}
