@@ -77,6 +77,11 @@ type Env struct {
 	PublicURL string
 	// Now is the host's clock.
 	Now func() time.Time
+	// UnsubscribeURL returns the one-click unsubscribe link for an item:
+	// PublicURL plus a token the host signs and later verifies. Modules whose
+	// messages carry such a link (email List-Unsubscribe, RFC 8058) call it
+	// per item; nil means the host offers none.
+	UnsubscribeURL func(itemID, recipient string) string
 }
 
 // Provider is one configured provider account (one connection).
