@@ -1,0 +1,210 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"testing"
+	"time"
+)
+
+// killItems is the size of the batch killed mid-way.
+const killItems = 20_000
+
+// claimSizeBound is the most items one engine claim takes (the engine's
+// default claim size). Items a killed process had claimed but whose results
+// were not yet durable are sent again after the restart, so the duplicates
+// a receiver sees are bounded by kills × this.
+const claimSizeBound = 500
+
+// ndjsonItems writes n NDJSON items {"payload":{"n":i,"pad":...}} to w.
+func ndjsonItems(w io.Writer, n int, pad string) error {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	for i := range n {
+		if _, err := fmt.Fprintf(bw, `{"payload":{"n":%d,"pad":%q}}`+"\n", i, pad); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
+}
+
+// uploadNDJSON streams n items into a draft batch.
+func uploadNDJSON(ctx context.Context, t *testing.T, c *Client, batchID string, n int) {
+	t.Helper()
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(ndjsonItems(pw, n, "e2e")) }()
+	resp, err := c.UploadItems(ctx, batchID, "application/x-ndjson", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Status/100 != 2 {
+		t.Fatalf("uploading items: %s", resp)
+	}
+}
+
+// payloadN returns the "n" of a delivered body.
+func payloadN(body []byte) (int, error) {
+	var p struct {
+		N *int `json:"n"`
+	}
+	if err := json.Unmarshal(body, &p); err != nil || p.N == nil {
+		return 0, fmt.Errorf("body %q is not a test payload (%v)", truncate(body, 200), err)
+	}
+	return *p.N, nil
+}
+
+// TestKillNineMidBatch kills the server with SIGKILL three times at random
+// points of a 20,000-item batch and restarts it on the same data directory:
+// every item must end succeeded, the receiver must have seen each item, and
+// duplicates stay within what the killed processes could have had in flight.
+func TestKillNineMidBatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	secret := randomSecret(t)
+	recv := startReceiver(t, ReceiverOptions{Secret: secret})
+	srv, c := startServer(t, serverOptions{allowPrivate: true})
+
+	if _, err := c.CreateConnection(ctx, "hooks", secret, nil); err != nil {
+		t.Fatal(err)
+	}
+	const concurrency = 32
+	draft, err := c.CreateBatch(ctx, map[string]any{
+		"module":     "webhook",
+		"connection": "hooks",
+		"template":   map[string]any{"url": recv.URL + "/hook"},
+		"options":    map[string]any{"concurrency": concurrency, "max_attempts": 20, "retry_base_delay": "50ms", "retry_max_delay": "1s"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if draft.Status != "draft" {
+		t.Fatalf("batch without items has status %q, want draft", draft.Status)
+	}
+	uploadNDJSON(ctx, t, c, draft.ID, killItems)
+	if b, err := c.GetBatch(ctx, draft.ID); err != nil || b.Total != killItems {
+		t.Fatalf("after upload: total %d, err %v", b.Total, err)
+	}
+
+	// Three kill points, uniformly between 10% and 90% of the items seen.
+	var points []int
+	for range 3 {
+		points = append(points, killItems/10+rand.IntN(killItems*8/10))
+	}
+	slices.Sort(points)
+
+	if err := c.StartBatch(ctx, draft.ID); err != nil {
+		t.Fatal(err)
+	}
+	type kill struct {
+		at, distinct int
+		requests     int64
+		inFlight     int64
+	}
+	var kills []kill
+	for _, p := range points {
+		deadline := time.Now().Add(2 * time.Minute)
+		var inFlight int64
+		for recv.Distinct() < p {
+			if time.Now().After(deadline) {
+				t.Fatalf("receiver stuck at %d distinct items waiting for %d", recv.Distinct(), p)
+			}
+			// The API's in_flight just before the kill: the items the dying
+			// process holds leased, for the report.
+			if b, err := c.GetBatch(ctx, draft.ID); err == nil {
+				inFlight = b.Counts.InFlight
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		srv.Kill()
+		k := kill{at: p, distinct: recv.Distinct(), requests: recv.Requests(), inFlight: inFlight}
+		kills = append(kills, k)
+		t.Logf("kill -9 at %d distinct items (%d requests), in_flight before kill %d", k.distinct, k.requests, k.inFlight)
+		c.Close()
+		if err := srv.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	b, err := c.WaitBatch(ctx, draft.ID, 3*time.Minute, func(b Batch) bool { return b.Status == "completed" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Counts.Succeeded != killItems || b.Counts.Done() != killItems || b.Total != killItems {
+		t.Fatalf("completed batch counts %+v total %d, want %d succeeded", b.Counts, b.Total, killItems)
+	}
+
+	if n, reasons := recv.BadSignatures(); n != 0 {
+		t.Errorf("%d requests with bad signatures: %v", n, reasons)
+	}
+	deliveries := recv.Deliveries()
+	if len(deliveries) != killItems {
+		t.Errorf("receiver saw %d distinct webhook-ids, want %d", len(deliveries), killItems)
+	}
+	var sent int64
+	byN := make(map[int]string, killItems)
+	for id, d := range deliveries {
+		sent += int64(d.Count)
+		if d.BodyDiffer {
+			t.Errorf("webhook-id %s was sent with different bodies", id)
+		}
+		n, err := payloadN(d.Body)
+		if err != nil {
+			t.Errorf("webhook-id %s: %v", id, err)
+			continue
+		}
+		if other, dup := byN[n]; dup {
+			t.Errorf("payload n=%d arrived under two webhook-ids %s and %s", n, other, id)
+		}
+		byN[n] = id
+	}
+	for i := range killItems {
+		if _, ok := byN[i]; !ok {
+			t.Errorf("item n=%d never arrived", i)
+			break
+		}
+	}
+
+	// Every stored item is succeeded, and its ID is the webhook-id its
+	// payload arrived under.
+	items, err := c.ListItems(ctx, draft.ID, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(items) != killItems {
+		t.Fatalf("listed %d items, want %d", len(items), killItems)
+	}
+	for _, it := range items {
+		var data struct {
+			Payload struct {
+				N int `json:"n"`
+			} `json:"payload"`
+		}
+		if err := json.Unmarshal(it.Data, &data); err != nil {
+			t.Fatalf("item %s data %s: %v", it.ID, it.Data, err)
+		}
+		if it.Status != "succeeded" {
+			t.Errorf("item %s status %q (%s)", it.ID, it.Status, it.LastError)
+		}
+		if byN[data.Payload.N] != it.ID {
+			t.Errorf("item %s (n=%d) arrived as webhook-id %q", it.ID, data.Payload.N, byN[data.Payload.N])
+		}
+	}
+
+	dups := sent - int64(len(deliveries))
+	bound := int64(len(kills)) * claimSizeBound
+	t.Logf("kills %d, requests %d, distinct %d, duplicates %d, bound %d (kills × claim size %d)",
+		len(kills), sent, len(deliveries), dups, bound, claimSizeBound)
+	if dups > bound {
+		t.Errorf("%d duplicates, more than the %d the killed processes could have had in flight", dups, bound)
+	}
+
+	// The server is still healthy after all that.
+	if resp, err := c.Do(ctx, http.MethodGet, "/healthz", "", nil, nil); err != nil || resp.Status != http.StatusOK {
+		t.Fatalf("/healthz after the run: %v %v", resp, err)
+	}
+}
