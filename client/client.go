@@ -163,7 +163,7 @@ type BatchCreateRequest struct {
 	Template any `json:"template,omitempty"`
 	// Items are JSON objects (maps, structs or json.RawMessage), at most
 	// batchsender.MaxInlineItems of them.
-	Items   []any                    `json:"items,omitempty"`
+	Items   []any                     `json:"items,omitempty"`
 	Options *batchsender.BatchOptions `json:"options,omitempty"`
 	// IdempotencyKey is sent as the Idempotency-Key header: the same key and
 	// body return the batch created first instead of a second one.

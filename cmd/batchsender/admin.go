@@ -45,7 +45,7 @@ func newKeysCmd(getenv func(string) string) *cobra.Command {
 		Short: "Manage API keys (works on the data directory, next to a running server)",
 	}
 	var (
-		cfg                   storeConfig
+		cfg                 storeConfig
 		project, name, role string
 	)
 	create := &cobra.Command{

@@ -170,4 +170,3 @@ func (p *progress) finish(b batchsender.Batch) {
 	fmt.Fprintf(p.w, "Batch %s %s in %s: %d succeeded, %d failed, %d cancelled, %d skipped, %d unknown of %d.\n",
 		b.ID, b.Status, p.now().Sub(p.start).Round(100*time.Millisecond), c.Succeeded, c.Failed, c.Cancelled, c.Skipped, c.Unknown, b.Total)
 }
-
