@@ -1,0 +1,233 @@
+package postgres
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/batchsender/batchsender"
+	"github.com/jackc/pgx/v5"
+)
+
+func TestMigrationsRaceSafely(t *testing.T) {
+	t.Parallel()
+	u := newSchemaURL(t)
+	const nodes = 4
+	var wg sync.WaitGroup
+	errs := make([]error, nodes)
+	stores := make([]*Store, nodes)
+	for i := range nodes {
+		wg.Go(func() { stores[i], errs[i] = Open(context.Background(), u, testLogger(t)) })
+	}
+	wg.Wait()
+	for i := range nodes {
+		if errs[i] != nil {
+			t.Fatalf("node %d: Open: %v", i, errs[i])
+		}
+		defer stores[i].Close()
+	}
+	ms, err := loadMigrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var applied int
+	if err := stores[0].pool.QueryRow(context.Background(), `SELECT count(*) FROM schema_migrations`).Scan(&applied); err != nil {
+		t.Fatal(err)
+	}
+	if applied != len(ms) {
+		t.Fatalf("schema_migrations has %d rows, want %d", applied, len(ms))
+	}
+	// The schema works for every node.
+	f := setup(t, stores[1])
+	if _, err := stores[3].BatchGetByID(context.Background(), f.project.ID, "bat_none"); !batchsender.IsNotFound(err) {
+		t.Fatalf("BatchGetByID on another node: %v, want not found", err)
+	}
+}
+
+func TestMigrateRefusesNewerSchema(t *testing.T) {
+	t.Parallel()
+	u := newSchemaURL(t)
+	s := openStore(t, u)
+	if _, err := s.pool.Exec(context.Background(), `INSERT INTO schema_migrations (version, name) VALUES (9999, 'future')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := Migrate(context.Background(), u, testLogger(t)); err == nil {
+		t.Fatal("Migrate accepted a database migrated by a newer binary")
+	}
+}
+
+func TestChunkClaimAcrossPoolsNeverDoubleClaims(t *testing.T) {
+	t.Parallel()
+	u := newSchemaURL(t)
+	const total, nodes, perNode, chunk = 3000, 3, 3, 37
+	stores := make([]*Store, nodes)
+	for i := range stores {
+		stores[i] = openStore(t, u)
+	}
+	f := setup(t, stores[0])
+	b := f.batch(t, batchsender.BatchRunning, total, batchsender.BatchOptions{})
+
+	var mu sync.Mutex
+	seen := map[string]int{}
+	var wg sync.WaitGroup
+	errc := make(chan error, nodes*perNode)
+	for n := range nodes {
+		for w := range perNode {
+			wg.Go(func() {
+				owner := batchsender.NewID("wrk")
+				for {
+					now := time.Now()
+					got, err := stores[n].ChunkClaim(context.Background(), batchsender.ChunkClaimParams{
+						BatchID: b.ID, Owner: owner, Now: now, LeaseUntil: now.Add(time.Minute), Limit: chunk + w,
+					})
+					if err != nil {
+						errc <- err
+						return
+					}
+					if len(got) == 0 {
+						return
+					}
+					mu.Lock()
+					for _, it := range got {
+						seen[it.ID]++
+						if it.Status != batchsender.ItemInFlight || it.LeaseOwner != owner || it.Attempts != 1 {
+							errc <- batchsender.Errorf(batchsender.EINTERNAL, "claimed item %+v", it)
+						}
+					}
+					mu.Unlock()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	if len(seen) != total {
+		t.Fatalf("claimed %d distinct items, want %d", len(seen), total)
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Fatalf("item %s claimed %d times", id, n)
+		}
+	}
+	got := f.get(t, b.ID)
+	if got.Counts.InFlight != total || got.Counts.Pending != 0 {
+		t.Fatalf("counts after claiming everything: %+v", got.Counts)
+	}
+}
+
+func TestLeaderMovesWhenItsConnectionDies(t *testing.T) {
+	t.Parallel()
+	u := newSchemaURL(t)
+	a, b := openStore(t, u), openStore(t, u)
+	other := newStore(t) // another installation in the same database
+	ctx := context.Background()
+
+	mustLead := func(s *Store, want bool) {
+		t.Helper()
+		got, err := s.LeaderTry(ctx)
+		if err != nil {
+			t.Fatalf("LeaderTry: %v", err)
+		}
+		if got != want {
+			t.Fatalf("LeaderTry = %v, want %v", got, want)
+		}
+	}
+	mustLead(a, true)
+	mustLead(a, true) // staying leader is idempotent
+	mustLead(b, false)
+	mustLead(other, true) // schemas do not share the role
+
+	// Cut the leader's session from the server side, as a crash or a
+	// network failure would.
+	pid := a.leaderPID()
+	admin, err := pgx.Connect(ctx, testURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, `SELECT pg_terminate_backend($1)`, pid); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b to take the leader role", 10*time.Second, func() bool {
+		got, err := b.LeaderTry(ctx)
+		if err != nil {
+			t.Fatalf("LeaderTry: %v", err)
+		}
+		return got
+	})
+	mustLead(a, false) // a notices its session is gone and does not claim the role
+	mustLead(b, true)
+
+	// A leader that closes hands the role on.
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a to take the leader role after b closed", 10*time.Second, func() bool {
+		got, err := a.LeaderTry(ctx)
+		if err != nil {
+			t.Fatalf("LeaderTry: %v", err)
+		}
+		return got
+	})
+}
+
+func TestWorkWaitWakesOnSignalsFromOtherPools(t *testing.T) {
+	t.Parallel()
+	u := newSchemaURL(t)
+	listener, sender := openStore(t, u), openStore(t, u)
+	other := newStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wakes atomic.Int64
+	done := make(chan error, 1)
+	go func() { done <- listener.WorkWait(ctx, func() { wakes.Add(1) }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("WorkWait returned %v", err)
+		}
+	}()
+	waitFor(t, "the listener to connect", 10*time.Second, func() bool { return listener.listenPID() != 0 })
+
+	// Another installation's signal, committed first and so delivered
+	// first, must not wake this one.
+	if err := other.WorkSignal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := sender.WorkSignal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a wake-up", 10*time.Second, func() bool { return wakes.Load() >= 1 })
+	if n := wakes.Load(); n != 1 {
+		t.Fatalf("woke %d times, want 1", n)
+	}
+
+	// Starting a batch signals by itself, on commit.
+	f := setup(t, sender)
+	f.batch(t, batchsender.BatchRunning, 3, batchsender.BatchOptions{})
+	waitFor(t, "a wake-up for the new batch", 10*time.Second, func() bool { return wakes.Load() >= 2 })
+
+	// The listener survives losing its connection.
+	pid := listener.listenPID()
+	admin, err := pgx.Connect(ctx, testURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	if _, err := admin.Exec(ctx, `SELECT pg_terminate_backend($1)`, pid); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the listener to reconnect", 10*time.Second, func() bool {
+		p := listener.listenPID()
+		return p != 0 && p != pid
+	})
+	before := wakes.Load()
+	if err := sender.WorkSignal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a wake-up after reconnecting", 10*time.Second, func() bool { return wakes.Load() > before })
+}

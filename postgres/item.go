@@ -1,0 +1,422 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/batchsender/batchsender"
+	"github.com/jackc/pgx/v5"
+)
+
+const itemColumns = `id, batch_id, project_id, seq, data, status, attempts, next_attempt_at, last_error,
+	provider_message_id, coalesce(lease_owner, ''), lease_expires_at, updated_at`
+
+func scanItem(row pgx.Row) (batchsender.Item, error) {
+	var it batchsender.Item
+	var data string
+	if err := row.Scan(&it.ID, &it.BatchID, &it.ProjectID, &it.Seq, &data, &it.Status, &it.Attempts, &it.NextAttemptAt,
+		&it.LastError, &it.ProviderMessageID, &it.LeaseOwner, &it.LeaseExpiresAt, &it.UpdatedAt); err != nil {
+		return batchsender.Item{}, err
+	}
+	it.Data = []byte(data)
+	it.NextAttemptAt, it.UpdatedAt = utc(it.NextAttemptAt), utc(it.UpdatedAt)
+	it.LeaseExpiresAt = utcPtr(it.LeaseExpiresAt)
+	return it, nil
+}
+
+func collectItems(rows pgx.Rows) ([]batchsender.Item, error) {
+	defer rows.Close()
+	out := []batchsender.Item{}
+	for rows.Next() {
+		it, err := scanItem(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, it)
+	}
+	return out, rows.Err()
+}
+
+// ItemList returns a page of the project's batch's items in seq order.
+// ENOTFOUND if the batch is not the project's.
+func (s *Store) ItemList(ctx context.Context, p batchsender.ItemListParams) ([]batchsender.Item, error) {
+	var one int
+	if err := s.pool.QueryRow(ctx, `SELECT 1 FROM batches WHERE id = $1 AND project_id = $2`, p.BatchID, p.ProjectID).Scan(&one); err != nil {
+		return nil, notFound(err, "batch", "listing items")
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+itemColumns+` FROM items
+		WHERE batch_id = $1 AND seq > $2 AND ($3 = '' OR status = $3)
+		ORDER BY seq LIMIT $4`, p.BatchID, p.AfterSeq, string(p.Status), limit(p.Limit, 100, 10_000))
+	if err != nil {
+		return nil, fmt.Errorf("listing items: %w", err)
+	}
+	out, err := collectItems(rows)
+	if err != nil {
+		return nil, fmt.Errorf("listing items: %w", err)
+	}
+	return out, nil
+}
+
+// ItemAttemptList returns the attempts made at one item, oldest first.
+// ENOTFOUND if the item is not the project's.
+func (s *Store) ItemAttemptList(ctx context.Context, projectID, itemID string) ([]batchsender.Attempt, error) {
+	var one int
+	if err := s.pool.QueryRow(ctx, `SELECT 1 FROM items WHERE id = $1 AND project_id = $2`, itemID, projectID).Scan(&one); err != nil {
+		return nil, notFound(err, "item", "listing attempts")
+	}
+	rows, err := s.pool.Query(ctx, `SELECT item_id, number, started_at, latency_ns, outcome, status_code, response, error
+		FROM attempts WHERE item_id = $1 ORDER BY id`, itemID)
+	if err != nil {
+		return nil, fmt.Errorf("listing attempts: %w", err)
+	}
+	defer rows.Close()
+	out := []batchsender.Attempt{}
+	for rows.Next() {
+		var a batchsender.Attempt
+		var latency int64
+		if err := rows.Scan(&a.ItemID, &a.Number, &a.StartedAt, &latency, &a.Outcome, &a.StatusCode, &a.Response, &a.Error); err != nil {
+			return nil, fmt.Errorf("listing attempts: %w", err)
+		}
+		a.Latency = time.Duration(latency)
+		a.StartedAt = utc(a.StartedAt)
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing attempts: %w", err)
+	}
+	return out, nil
+}
+
+// ChunkClaim claims up to Limit due pending items of one running batch.
+//
+// The transaction locks the batch row first (see the package doc), checks
+// the batch is running, then takes the due items in claim order with
+// FOR UPDATE SKIP LOCKED through the items_due index, counting the attempt
+// in the same statement that moves the counts on the batch row.
+func (s *Store) ChunkClaim(ctx context.Context, p batchsender.ChunkClaimParams) ([]batchsender.Item, error) {
+	if p.Limit <= 0 {
+		return []batchsender.Item{}, nil
+	}
+	if p.Owner == "" {
+		return nil, batchsender.Errorf(batchsender.EINVALID, "a claim needs an owner")
+	}
+	var out []batchsender.Item
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		var status batchsender.BatchStatus
+		err := tx.QueryRow(ctx, `SELECT status FROM batches WHERE id = $1 FOR NO KEY UPDATE`, p.BatchID).Scan(&status)
+		if err != nil {
+			if err == pgx.ErrNoRows {
+				out = []batchsender.Item{}
+				return nil
+			}
+			return fmt.Errorf("claiming items: locking batch: %w", err)
+		}
+		if status != batchsender.BatchRunning {
+			out = []batchsender.Item{}
+			return nil
+		}
+		rows, err := tx.Query(ctx, `WITH claimed AS (
+				UPDATE items SET status = 'in_flight', attempts = attempts + 1,
+					lease_owner = $2, lease_expires_at = $3, updated_at = $4
+				WHERE id IN (
+					SELECT id FROM items
+					WHERE batch_id = $1 AND status = 'pending' AND next_attempt_at <= $4
+					ORDER BY next_attempt_at, seq
+					LIMIT $5
+					FOR UPDATE SKIP LOCKED
+				)
+				RETURNING `+itemColumns+`
+			), counted AS (
+				UPDATE batches SET count_pending = count_pending - c.n, count_in_flight = count_in_flight + c.n, updated_at = $4
+				FROM (SELECT count(*) AS n FROM claimed) c
+				WHERE id = $1 AND c.n > 0
+			)
+			SELECT * FROM claimed ORDER BY next_attempt_at, seq`,
+			p.BatchID, p.Owner, ms(p.LeaseUntil), ms(p.Now), p.Limit)
+		if err != nil {
+			return fmt.Errorf("claiming items: %w", err)
+		}
+		out, err = collectItems(rows)
+		if err != nil {
+			return fmt.Errorf("claiming items: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// lockBatchesOf locks, in ID order, the rows of the batches the given items
+// belong to.
+func lockBatchesOf(ctx context.Context, tx pgx.Tx, itemIDs []string) error {
+	_, err := tx.Exec(ctx, `SELECT 1 FROM batches WHERE id IN (SELECT DISTINCT batch_id FROM items WHERE id = ANY($1))
+		ORDER BY id FOR NO KEY UPDATE`, itemIDs)
+	if err != nil {
+		return fmt.Errorf("locking batches: %w", err)
+	}
+	return nil
+}
+
+// lockBatches locks the given batches' rows in ID order.
+func lockBatches(ctx context.Context, tx pgx.Tx, batchIDs []string) error {
+	_, err := tx.Exec(ctx, `SELECT 1 FROM batches WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`, batchIDs)
+	if err != nil {
+		return fmt.Errorf("locking batches: %w", err)
+	}
+	return nil
+}
+
+// applyCountsSQL is the tail of every statement that moves items out of
+// in_flight: it sums the moves per batch and updates each batch row once,
+// completing running batches left without live items. It expects a CTE
+// named moved with columns (batch_id, to_status) and the parameter $now.
+const applyCountsSQL = `, deltas AS (
+		SELECT batch_id, count(*) AS moved,
+			count(*) FILTER (WHERE to_status = 'pending') AS pending,
+			count(*) FILTER (WHERE to_status = 'succeeded') AS succeeded,
+			count(*) FILTER (WHERE to_status = 'failed') AS failed,
+			count(*) FILTER (WHERE to_status = 'cancelled') AS cancelled,
+			count(*) FILTER (WHERE to_status = 'skipped') AS skipped,
+			count(*) FILTER (WHERE to_status = 'unknown') AS unknown
+		FROM moved GROUP BY batch_id
+	), counted AS (
+		UPDATE batches b SET
+			count_pending = b.count_pending + d.pending,
+			count_in_flight = b.count_in_flight - d.moved,
+			count_succeeded = b.count_succeeded + d.succeeded,
+			count_failed = b.count_failed + d.failed,
+			count_cancelled = b.count_cancelled + d.cancelled,
+			count_skipped = b.count_skipped + d.skipped,
+			count_unknown = b.count_unknown + d.unknown,
+			status = CASE WHEN b.status = 'running' AND b.count_pending + d.pending + b.count_in_flight - d.moved = 0
+				THEN 'completed' ELSE b.status END,
+			completed_at = CASE WHEN b.status = 'running' AND b.count_pending + d.pending + b.count_in_flight - d.moved = 0
+				THEN $now ELSE b.completed_at END,
+			updated_at = $now
+		FROM deltas d WHERE b.id = d.batch_id
+	)
+	SELECT count(*) FROM moved`
+
+// resultsSQL writes a set of results, each item at most once, in one
+// statement: the results travel as arrays and are unnested, applied to the
+// items still in flight under their owner, recorded as attempts (numbered by
+// the item's own attempt count, raised at claim), and summed into one
+// counts update per batch. A retry result for an item of a cancelled batch
+// cancels the item, since nothing would claim it again.
+var resultsSQL = `WITH r AS (
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::int[],
+			$8::timestamptz[], $9::bigint[], $10::text[], $11::int[], $12::text[], $13::text[])
+			AS r(item_id, owner, status, next_at, error, msg_id, units, started_at, latency, outcome, code, response, att_error)
+	), updated AS (
+		UPDATE items i SET
+			status = CASE WHEN r.status = 'pending' AND b.status = 'cancelled' THEN 'cancelled' ELSE r.status END,
+			next_attempt_at = CASE WHEN r.status = 'pending' THEN r.next_at ELSE i.next_attempt_at END,
+			last_error = r.error,
+			provider_message_id = CASE WHEN r.msg_id <> '' THEN r.msg_id ELSE i.provider_message_id END,
+			units = i.units + r.units,
+			lease_owner = NULL, lease_expires_at = NULL, updated_at = $14
+		FROM r, batches b
+		WHERE i.id = r.item_id AND b.id = i.batch_id AND i.status = 'in_flight' AND i.lease_owner = r.owner
+		RETURNING i.id, i.batch_id, i.project_id, i.attempts, i.status AS to_status
+	), moved AS (
+		SELECT batch_id, to_status FROM updated
+	), logged AS (
+		INSERT INTO attempts (item_id, batch_id, project_id, number, started_at, latency_ns, outcome, status_code, response, error)
+		SELECT u.id, u.batch_id, u.project_id, u.attempts, r.started_at, r.latency, r.outcome, r.code, r.response, r.att_error
+		FROM updated u JOIN r ON r.item_id = u.id
+	)` + nowParam(applyCountsSQL, "$14")
+
+// ItemResultsWriteMany writes many attempt outcomes in one transaction.
+// Results whose item is no longer in flight under their owner are ignored.
+// When the same item appears more than once, the results are applied in
+// rounds in the order given, so the first one that still holds the lease
+// wins and the later ones find it gone, as with SQLite.
+func (s *Store) ItemResultsWriteMany(ctx context.Context, results []batchsender.ItemResult) (int, error) {
+	if len(results) == 0 {
+		return 0, nil
+	}
+	var rounds [][]batchsender.ItemResult
+	seen := make(map[string]int, len(results))
+	batchIDs := make([]string, 0, 4)
+	seenBatch := map[string]bool{}
+	allNamed := true
+	for _, r := range results {
+		if r.Status != batchsender.ItemPending && !r.Status.Terminal() {
+			return 0, batchsender.Errorf(batchsender.EINVALID, "item result status %q is not pending or terminal", r.Status)
+		}
+		k := seen[r.ItemID]
+		seen[r.ItemID] = k + 1
+		if k == len(rounds) {
+			rounds = append(rounds, make([]batchsender.ItemResult, 0, len(results)))
+		}
+		rounds[k] = append(rounds[k], r)
+		allNamed = allNamed && r.BatchID != ""
+		if r.BatchID != "" && !seenBatch[r.BatchID] {
+			seenBatch[r.BatchID] = true
+			batchIDs = append(batchIDs, r.BatchID)
+		}
+	}
+	now := s.stamp()
+	written := 0
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		// Lock the batches in ID order first (see the package doc). Results
+		// normally name their batch; only when one does not are the batches
+		// looked up through the items.
+		var err error
+		if allNamed {
+			err = lockBatches(ctx, tx, batchIDs)
+		} else {
+			err = lockBatchesOf(ctx, tx, slices.Collect(maps.Keys(seen)))
+		}
+		if err != nil {
+			return err
+		}
+		for _, round := range rounds {
+			var n int
+			if err := tx.QueryRow(ctx, resultsSQL, resultArgs(round, now)...).Scan(&n); err != nil {
+				return fmt.Errorf("writing item results: %w", err)
+			}
+			written += n
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return written, nil
+}
+
+// resultArgs turns results into the column arrays resultsSQL unnests.
+func resultArgs(rs []batchsender.ItemResult, now time.Time) []any {
+	n := len(rs)
+	ids, owners, statuses, errs, msgIDs := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	outcomes, responses, attErrs := make([]string, n), make([]string, n), make([]string, n)
+	nextAts, startedAts := make([]time.Time, n), make([]time.Time, n)
+	units, codes := make([]int32, n), make([]int32, n)
+	latencies := make([]int64, n)
+	for i, r := range rs {
+		ids[i], owners[i], statuses[i], errs[i], msgIDs[i] = r.ItemID, r.Owner, string(r.Status), r.Error, r.ProviderMessageID
+		nextAts[i], units[i] = ms(r.NextAttemptAt), int32(r.Units)
+		if r.NextAttemptAt.IsZero() {
+			nextAts[i] = now
+		}
+		a := r.Attempt
+		startedAts[i], latencies[i], outcomes[i], codes[i], responses[i], attErrs[i] =
+			ms(a.StartedAt), int64(a.Latency), a.Outcome, int32(a.StatusCode), a.Response, a.Error
+		if a.StartedAt.IsZero() {
+			startedAts[i] = now
+		}
+	}
+	return []any{ids, owners, statuses, nextAts, errs, msgIDs, units, startedAts, latencies, outcomes, codes, responses, attErrs, now}
+}
+
+// ItemsRelease gives claimed, unsent items back: in_flight → pending with
+// the attempt counted at claim taken back. Only items still leased by owner
+// change; items of a batch cancelled meanwhile become cancelled.
+func (s *Store) ItemsRelease(ctx context.Context, owner string, itemIDs []string) (int, error) {
+	if len(itemIDs) == 0 {
+		return 0, nil
+	}
+	var n int
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		if err := lockBatchesOf(ctx, tx, itemIDs); err != nil {
+			return err
+		}
+		if err := tx.QueryRow(ctx, `WITH updated AS (
+				UPDATE items i SET
+					status = CASE WHEN b.status = 'cancelled' THEN 'cancelled' ELSE 'pending' END,
+					attempts = greatest(i.attempts - 1, 0),
+					lease_owner = NULL, lease_expires_at = NULL, updated_at = $3
+				FROM batches b
+				WHERE i.id = ANY($1) AND b.id = i.batch_id AND i.status = 'in_flight' AND i.lease_owner = $2
+				RETURNING i.batch_id, i.status AS to_status
+			), moved AS (
+				SELECT batch_id, to_status FROM updated
+			)`+nowParam(applyCountsSQL, "$3"), itemIDs, owner, s.stamp()).Scan(&n); err != nil {
+			return fmt.Errorf("releasing items: %w", err)
+		}
+		if n > 0 {
+			return s.notifyTx(ctx, tx)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// LeasesRescue returns in-flight items whose lease expired before the given
+// time to pending, or to failed once they have used all their batch's
+// attempts, so an item that crashes its worker cannot loop forever. Items of
+// a cancelled batch become cancelled.
+func (s *Store) LeasesRescue(ctx context.Context, expiredBefore time.Time) (int, error) {
+	expiredBefore = ms(expiredBefore)
+	var n int
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT DISTINCT batch_id FROM items WHERE status = 'in_flight' AND lease_expires_at < $1`, expiredBefore)
+		if err != nil {
+			return fmt.Errorf("rescuing leases: %w", err)
+		}
+		batchIDs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("rescuing leases: %w", err)
+		}
+		if len(batchIDs) == 0 {
+			return nil
+		}
+		if err := lockBatches(ctx, tx, batchIDs); err != nil {
+			return err
+		}
+		// The expiry is checked again under the locks: a result may have
+		// been written since the first look.
+		if err := tx.QueryRow(ctx, `WITH updated AS (
+				UPDATE items i SET
+					status = CASE
+						WHEN b.status = 'cancelled' THEN 'cancelled'
+						WHEN i.attempts >= b.max_attempts THEN 'failed'
+						ELSE 'pending' END,
+					last_error = CASE
+						WHEN b.status = 'cancelled' THEN i.last_error
+						WHEN i.attempts >= b.max_attempts
+						THEN 'lease expired on attempt ' || i.attempts || ' of ' || b.max_attempts || ' (worker stopped or crashed); no attempts left'
+						ELSE 'lease expired on attempt ' || i.attempts || ' (worker stopped or crashed)' END,
+					lease_owner = NULL, lease_expires_at = NULL, updated_at = $2
+				FROM batches b
+				WHERE b.id = ANY($1) AND i.batch_id = b.id AND i.status = 'in_flight' AND i.lease_expires_at < $3
+				RETURNING i.batch_id, i.status AS to_status
+			), moved AS (
+				SELECT batch_id, to_status FROM updated
+			)`+nowParam(applyCountsSQL, "$2"), batchIDs, s.stamp(), expiredBefore).Scan(&n); err != nil {
+			return fmt.Errorf("rescuing leases: %w", err)
+		}
+		if n > 0 {
+			return s.notifyTx(ctx, tx)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// nowParam puts the statement's parameter for "now" into applyCountsSQL.
+func nowParam(sql, param string) string {
+	out := make([]byte, 0, len(sql))
+	for i := 0; i < len(sql); {
+		if i+4 <= len(sql) && sql[i:i+4] == "$now" {
+			out = append(out, param...)
+			i += 4
+			continue
+		}
+		out = append(out, sql[i])
+		i++
+	}
+	return string(out)
+}
