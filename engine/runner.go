@@ -1,0 +1,392 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+	"golang.org/x/time/rate"
+
+	"github.com/batchsender/batchsender"
+	"github.com/batchsender/batchsender/sdk"
+)
+
+// runner works on one batch: it claims the batch's due items as capacity
+// frees up and sends them. A runner's loop ends when the batch stops being
+// runnable; the runner itself is kept while results of its calls are
+// outstanding, so that its concurrency limit spans a restart of its loop.
+type runner struct {
+	e     *Engine
+	batch batchsender.Batch
+	opts  batchsender.BatchOptions // with defaults
+	log   *slog.Logger
+	pokes chan struct{}
+
+	// Set by prepare, once.
+	prepared bool
+	sender   sdk.Sender
+	maxChunk int
+	conn     *connLimits
+	sem      *semaphore.Weighted // the batch's concurrency
+	lim      *rate.Limiter       // the batch's own rate, nil if none
+
+	// Guarded by e.mu.
+	looping     bool
+	outstanding int // claimed items whose results are not written yet
+
+	dueMu   sync.Mutex
+	nextDue time.Time // earliest retry this runner wrote, zero if none
+}
+
+func newRunner(e *Engine, b batchsender.Batch) *runner {
+	return &runner{
+		e:     e,
+		batch: b,
+		opts:  b.Options.WithDefaults(),
+		log: e.log.With(slog.String("batch_id", b.ID), slog.String("project_id", b.ProjectID),
+			slog.String("provider", b.Provider)),
+		pokes: make(chan struct{}, 1),
+	}
+}
+
+// poke wakes the runner if it sleeps. It never blocks.
+func (r *runner) poke() {
+	select {
+	case r.pokes <- struct{}{}:
+	default:
+	}
+}
+
+// noteDue tells the runner that one of its items falls due again at t.
+func (r *runner) noteDue(t time.Time) {
+	r.dueMu.Lock()
+	if r.nextDue.IsZero() || t.Before(r.nextDue) {
+		r.nextDue = t
+	}
+	r.dueMu.Unlock()
+	r.poke()
+}
+
+// loop claims and sends until the batch is not runnable or ctx ends.
+func (r *runner) loop(ctx context.Context) {
+	defer r.e.loopEnded(r)
+	if !r.prepared {
+		if !r.prepare(ctx) {
+			return
+		}
+		r.prepared = true
+	}
+	idle := time.Duration(0)
+	for ctx.Err() == nil {
+		n, err := r.claimAndSend(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			r.log.Error("claiming items", slog.Any("error", err))
+		}
+		if n > 0 {
+			idle = 0
+			continue
+		}
+		if err == nil {
+			if !r.stillRunnable(ctx) {
+				return
+			}
+		}
+		// Nothing due now: sleep until the next known due time, a poke, or
+		// a poll that backs off while the batch stays idle.
+		if idle == 0 {
+			idle = r.e.cfg.PollInterval
+		} else {
+			idle = min(idle*2, max(maxIdleSleep, r.e.cfg.PollInterval))
+		}
+		d := jitter(idle)
+		r.dueMu.Lock()
+		if !r.nextDue.IsZero() {
+			if until := r.nextDue.Sub(r.e.now()); until < d {
+				d = until
+			}
+		}
+		r.dueMu.Unlock()
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		case <-r.pokes:
+			idle = 0
+		}
+		t.Stop()
+	}
+}
+
+// prepare resolves the batch's connection and provider, compiles its
+// template and sets up its limits. A batch that cannot be carried out as
+// configured is paused with the reason; a store error leaves it for a later
+// try. It reports whether the runner can go on.
+func (r *runner) prepare(ctx context.Context) bool {
+	conn, err := r.e.store.ConnectionGetByID(ctx, r.batch.ConnectionID)
+	if err != nil {
+		if batchsender.IsNotFound(err) {
+			r.pause(ctx, fmt.Sprintf("connection %s no longer exists", r.batch.ConnectionID))
+			return false
+		}
+		r.backoff(ctx, "loading the batch's connection", err)
+		return false
+	}
+	p, err := r.e.cfg.Providers.Get(ctx, conn)
+	if err != nil {
+		if ctx.Err() != nil {
+			return false
+		}
+		r.pause(ctx, fmt.Sprintf("provisioning connection %s: %s", conn.Name, batchsender.ErrorMessage(err)))
+		if batchsender.ErrorCode(err) == batchsender.EINTERNAL {
+			r.log.Error("provisioning connection", slog.String("connection_id", conn.ID), slog.Any("error", err))
+		}
+		return false
+	}
+	info := p.Info()
+	sender, err := p.Compile(r.batch.Template)
+	if err != nil {
+		r.pause(ctx, fmt.Sprintf("template: %v", err))
+		return false
+	}
+	r.sender = sender
+	r.maxChunk = max(1, min(info.MaxChunk, r.e.cfg.ClaimSize))
+	r.conn = r.e.limitsFor(conn, info)
+	conc := r.conn.conc
+	if r.opts.Concurrency > 0 && r.opts.Concurrency < conc {
+		conc = r.opts.Concurrency
+	}
+	r.sem = semaphore.NewWeighted(int64(conc))
+	// A batch rate only lowers the connection's: it gets a bucket of its own
+	// when it is below the connection's rate (or the connection has none).
+	if br := r.opts.RatePerSecond; br > 0 && (r.conn.rate == 0 || br < r.conn.rate) {
+		r.lim = newLimiter(br)
+	}
+	return true
+}
+
+// pause pauses the batch because it cannot be carried out.
+func (r *runner) pause(ctx context.Context, reason string) {
+	_, err := r.e.store.BatchTransition(ctx, batchsender.BatchTransitionParams{
+		ProjectID: r.batch.ProjectID,
+		BatchID:   r.batch.ID,
+		Action:    batchsender.ActionPause,
+		Now:       r.e.now(),
+		Reason:    reason,
+	})
+	switch {
+	case err == nil:
+		r.log.Warn("batch paused", slog.String("reason", reason))
+	case batchsender.ErrorCode(err) == batchsender.ECONFLICT:
+		// Paused, cancelled or completed meanwhile: nothing left to stop.
+	case ctx.Err() == nil:
+		r.log.Error("pausing batch", slog.String("reason", reason), slog.Any("error", err))
+		r.backoff(ctx, "pausing batch", err)
+	}
+}
+
+// backoff keeps the supervisor from restarting the runner at once after a
+// store error.
+func (r *runner) backoff(ctx context.Context, doing string, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	r.log.Error(doing, slog.Any("error", err))
+	r.e.mu.Lock()
+	r.e.notBefore[r.batch.ID] = r.e.now().Add(prepareBackoff)
+	r.e.mu.Unlock()
+}
+
+// stillRunnable looks at the batch after a claim found nothing due. The
+// runner goes on while the batch runs and still has pending items or results
+// of its own that may turn into retries.
+func (r *runner) stillRunnable(ctx context.Context) bool {
+	b, err := r.e.store.BatchGetByID(ctx, r.batch.ProjectID, r.batch.ID)
+	if err != nil {
+		if ctx.Err() == nil && !batchsender.IsNotFound(err) {
+			r.log.Error("loading batch", slog.Any("error", err))
+			return true
+		}
+		return false
+	}
+	if b.Status != batchsender.BatchRunning {
+		return false
+	}
+	if b.Counts.Pending > 0 {
+		return true
+	}
+	r.e.mu.Lock()
+	defer r.e.mu.Unlock()
+	return r.outstanding > 0
+}
+
+// claimAndSend takes slots for as many calls as can start now, claims the
+// items those calls carry and starts the calls. It returns how many items it
+// claimed.
+func (r *runner) claimAndSend(ctx context.Context) (int, error) {
+	first, err := r.acquire(ctx)
+	if err != nil {
+		return 0, nil // ctx ended
+	}
+	held := []slots{first}
+	maxCalls := (r.e.cfg.ClaimSize + r.maxChunk - 1) / r.maxChunk
+	now := r.e.now()
+	for len(held) < maxCalls {
+		s, ok := r.tryAcquire(now)
+		if !ok {
+			break
+		}
+		held = append(held, s)
+	}
+	giveBackFrom := func(i int) {
+		for _, s := range held[i:] {
+			r.giveBack(s, true, true, true)
+		}
+	}
+
+	limit := min(r.e.cfg.ClaimSize, len(held)*r.maxChunk)
+	now = r.e.now()
+	leaseUntil := now.Add(r.e.cfg.LeaseDuration)
+	items, err := r.e.store.ChunkClaim(ctx, batchsender.ChunkClaimParams{
+		BatchID:    r.batch.ID,
+		Owner:      r.e.cfg.NodeID,
+		Now:        now,
+		LeaseUntil: leaseUntil,
+		Limit:      limit,
+	})
+	if err != nil {
+		giveBackFrom(0)
+		if ctx.Err() != nil {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("claiming a chunk: %w", err)
+	}
+	if len(items) == 0 {
+		giveBackFrom(0)
+		return 0, nil
+	}
+	r.e.stats.claims.Add(1)
+	r.e.stats.itemsClaimed.Add(int64(len(items)))
+	r.e.mu.Lock()
+	r.outstanding += len(items)
+	r.e.mu.Unlock()
+
+	if ctx.Err() != nil {
+		// Shutting down between claim and send: give the items back.
+		giveBackFrom(0)
+		r.releaseItems(items)
+		return len(items), nil
+	}
+
+	// Spread the items evenly over the calls, each at most maxChunk.
+	calls := (len(items) + r.maxChunk - 1) / r.maxChunk
+	per, extra := len(items)/calls, len(items)%calls
+	start := 0
+	for i := range calls {
+		n := per
+		if i < extra {
+			n++
+		}
+		chunk := items[start : start+n : start+n]
+		start += n
+		s := held[i]
+		r.e.calls.Add(1)
+		r.e.stats.callsInFlight.Add(1)
+		go func() {
+			defer r.e.calls.Done()
+			defer r.e.stats.callsInFlight.Add(-1)
+			defer r.release(true, true, true)
+			r.call(s, chunk, leaseUntil)
+		}()
+	}
+	giveBackFrom(calls)
+	return len(items), nil
+}
+
+// releaseItems gives claimed items back unsent, their attempt not counted.
+func (r *runner) releaseItems(items []batchsender.Item) {
+	ids := make([]string, len(items))
+	for i, it := range items {
+		ids[i] = it.ID
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.e.runCtx), storeTimeout)
+	defer cancel()
+	n, err := r.e.store.ItemsRelease(ctx, r.e.cfg.NodeID, ids)
+	if err != nil {
+		r.log.Error("releasing unsent items: they stay leased until rescued",
+			slog.Int("items", len(ids)), slog.Any("error", err))
+	}
+	r.e.stats.released.Add(int64(n))
+	r.e.settled(r, len(items))
+}
+
+// call sends one chunk and hands its results to the completer.
+func (r *runner) call(s slots, items []batchsender.Item, leaseUntil time.Time) {
+	if d := s.notBefore.Sub(r.e.now()); d > 0 {
+		if !sleepCtx(r.e.runCtx, d) {
+			r.releaseItems(items)
+			return
+		}
+	}
+	if r.e.runCtx.Err() != nil {
+		r.releaseItems(items)
+		return
+	}
+	// Cut the call off before the lease runs out, so that a rescued item is
+	// not sent twice at the same time.
+	timeout := leaseUntil.Sub(r.e.now()) - r.e.cfg.LeaseDuration/10
+	ctx, cancel := context.WithTimeout(r.e.sendCtx, max(timeout, time.Second))
+	defer cancel()
+
+	in := make([]sdk.Item, len(items))
+	for i, it := range items {
+		in[i] = sdk.Item{ID: it.ID, Seq: it.Seq, Attempt: it.Attempts, Data: it.Data}
+	}
+	r.e.stats.calls.Add(1)
+	started := r.e.now()
+	results, panicked, stack := safeSend(ctx, r.sender, in)
+	ended := r.e.now()
+	if panicked != nil {
+		r.e.stats.panics.Add(1)
+		r.log.Error("provider panicked in Send", slog.Any("panic", panicked), slog.Int("items", len(items)),
+			slog.String("stack", string(stack)))
+		err := fmt.Errorf("provider %s panicked: %v", r.batch.Provider, panicked)
+		results = make([]sdk.Result, len(items))
+		for i := range results {
+			results[i] = sdk.Retry(err)
+		}
+	} else if len(results) != len(items) {
+		r.e.stats.badCalls.Add(1)
+		r.log.Error("provider returned the wrong number of results",
+			slog.Int("items", len(items)), slog.Int("results", len(results)))
+		err := fmt.Errorf("provider %s returned %d results for %d items", r.batch.Provider, len(results), len(items))
+		fixed := make([]sdk.Result, len(items))
+		n := copy(fixed, results)
+		for i := n; i < len(fixed); i++ {
+			fixed[i] = sdk.Retry(err)
+		}
+		results = fixed
+	}
+	out := make([]batchsender.ItemResult, len(items))
+	for i, it := range items {
+		out[i] = r.classify(it, results[i], started, ended.Sub(started), ended)
+	}
+	r.e.comp.push(r, out)
+}
+
+// safeSend calls Send, turning a panic into a value and the stack where it
+// happened.
+func safeSend(ctx context.Context, s sdk.Sender, items []sdk.Item) (results []sdk.Result, panicked any, stack []byte) {
+	defer func() {
+		if p := recover(); p != nil {
+			results, panicked, stack = nil, p, debug.Stack()
+		}
+	}()
+	return s.Send(ctx, items), nil, nil
+}
