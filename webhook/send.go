@@ -33,8 +33,9 @@ const (
 
 // sender is one batch's compiled template.
 type sender struct {
-	p    *Provider
-	tmpl fields
+	p       *Provider
+	tmpl    fields
+	tmplURL *url.URL // the template's URL, parsed and checked once
 }
 
 // request is an item merged over the template, ready to send.
@@ -53,20 +54,22 @@ func (s *sender) resolve(data json.RawMessage) (request, error) {
 		return request{}, err
 	}
 	var r request
-	raw := it.URL
-	field := "url"
-	if raw == "" {
-		raw, field = s.tmpl.URL, "template url"
-	}
-	if raw == "" {
+	switch {
+	case it.URL != "":
+		u, err := parseURL(it.URL, s.p.allowPrivate)
+		if err != nil {
+			return r, fmt.Errorf("url: %w", err)
+		}
+		r.url = u
+	case s.tmplURL != nil:
+		// Checked by Compile under the same policy; each request gets
+		// its own copy.
+		u := *s.tmplURL
+		r.url = &u
+	default:
 		return r, errors.New("url: is required (set it on the item or in the batch template)")
 	}
-	u, err := parseURL(raw, s.p.allowPrivate)
-	if err != nil {
-		return r, fmt.Errorf("%s: %w", field, err)
-	}
-	r.url = u
-	r.hostKey = hostKey(u)
+	r.hostKey = hostKey(r.url)
 	r.method = s.tmpl.Method
 	if it.Method != "" {
 		r.method = it.Method

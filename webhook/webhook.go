@@ -281,15 +281,18 @@ func (p *Provider) Compile(template json.RawMessage) (sdk.Sender, error) {
 	if err != nil {
 		return nil, err
 	}
+	s := &sender{p: p, tmpl: t}
 	if t.URL != "" {
-		if _, err := parseURL(t.URL, p.allowPrivate); err != nil {
+		u, err := parseURL(t.URL, p.allowPrivate)
+		if err != nil {
 			return nil, fmt.Errorf("template url: %w", err)
 		}
+		s.tmplURL = u
 	}
-	if t.Method == "" {
-		t.Method = http.MethodPost
+	if s.tmpl.Method == "" {
+		s.tmpl.Method = http.MethodPost
 	}
-	return &sender{p: p, tmpl: t}, nil
+	return s, nil
 }
 
 // Close implements sdk.Provider.
