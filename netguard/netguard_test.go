@@ -240,20 +240,22 @@ func TestDialerBlocksLoopbackByDefault(t *testing.T) {
 	}
 }
 
-func TestDialerChecksResolvedNames(t *testing.T) {
+func TestDialerBlocksLoopbackInEveryForm(t *testing.T) {
 	t.Parallel()
-	// "localhost" resolves through /etc/hosts to loopback; the guard judges
-	// the resolved address, not the name.
+	// Control runs before connect, so none of these reaches a socket; the
+	// listener only makes sure a connection would have been possible.
 	addr := listen(t)
 	_, port, _ := net.SplitHostPort(addr)
 	dial := Dialer(false, 2*time.Second)
-	conn, err := dial(context.Background(), "tcp4", net.JoinHostPort("localhost", port))
-	if err == nil {
-		_ = conn.Close()
-		t.Fatal("dial to localhost succeeded under the default policy")
-	}
-	if !IsBlocked(err) {
-		t.Fatalf("dial error = %v, want blocked", err)
+	for _, host := range []string{"127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1", "0.0.0.0"} {
+		conn, err := dial(context.Background(), "tcp", net.JoinHostPort(host, port))
+		if err == nil {
+			_ = conn.Close()
+			t.Fatalf("dial to %s succeeded under the default policy", host)
+		}
+		if !IsBlocked(err) {
+			t.Fatalf("dial to %s: %v, want blocked", host, err)
+		}
 	}
 }
 
