@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/batchsender/batchsender/providers"
 )
 
 func newKey(t *testing.T) []byte {
@@ -270,3 +272,6 @@ func TestEnvKeyWinsOverFile(t *testing.T) {
 		t.Fatalf("env key did not win: %v", err)
 	}
 }
+
+// Box is what the provider cache opens connection secrets with.
+var _ providers.Unsealer = (*Box)(nil)
