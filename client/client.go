@@ -64,7 +64,6 @@ func New(baseURL, apiKey string, opts ...Option) *Client {
 	}
 	if c.hc == nil {
 		c.hc = &http.Client{Transport: &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
 			DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 			MaxIdleConnsPerHost:   8,
 			IdleConnTimeout:       90 * time.Second,
