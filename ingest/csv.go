@@ -80,7 +80,7 @@ func csvSeq(r io.Reader, maxRow int) iter.Seq2[batchsender.NewItem, error] {
 			last = off
 			g.mark = off
 			if len(rec) != plan.cols {
-				fail(batchsender.Errorf(batchsender.EINVALID, "row %d (line %d): has %d fields, the header has %d", row, line, len(rec), plan.cols))
+				fail(batchsender.Errorf(batchsender.EINVALID, "row %d (line %d): %d cells where the header has %d columns", row, line, len(rec), plan.cols))
 				return
 			}
 			if !validUTF8(rec) {
