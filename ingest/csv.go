@@ -80,7 +80,11 @@ func csvSeq(r io.Reader, maxRow int) iter.Seq2[batchsender.NewItem, error] {
 			last = off
 			g.mark = off
 			if len(rec) != plan.cols {
-				fail(batchsender.Errorf(batchsender.EINVALID, "row %d (line %d): %d cells where the header has %d columns", row, line, len(rec), plan.cols))
+				cells := "cells"
+				if len(rec) == 1 {
+					cells = "cell"
+				}
+				fail(batchsender.Errorf(batchsender.EINVALID, "row %d (line %d): %d %s where the header has %d columns", row, line, len(rec), cells, plan.cols))
 				return
 			}
 			if !validUTF8(rec) {

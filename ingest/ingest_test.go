@@ -160,7 +160,7 @@ func TestCSV(t *testing.T) {
 		{name: "EmptyUpload", in: "", want: nil},
 		{name: "HeaderOnly", in: "a,b\n", want: nil},
 		{name: "SkipsBlankLines", in: "a\n\nx\n\ny\n", want: []string{`{"a":"x"}`, `{"a":"y"}`}},
-		{name: "RejectsShortRow", in: "a,b\n1,2\n3\n", wantErr: "row 2 (line 3): 1 cells where the header has 2 columns"},
+		{name: "RejectsShortRow", in: "a,b\n1,2\n3\n", wantErr: "row 2 (line 3): 1 cell where the header has 2 columns"},
 		{name: "RejectsLongRow", in: "a,b\n1,2,3\n", wantErr: "row 1 (line 2): 3 cells where the header has 2 columns"},
 		{name: "RejectsDuplicateHeader", in: "a,b,a\n1,2,3\n", wantErr: `header: columns 1 and 3 are both named "a"`},
 		{name: "RejectsEmptyHeader", in: "a,,b\n1,2,3\n", wantErr: "header: column 2 has an empty name"},
