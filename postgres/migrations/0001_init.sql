@@ -72,9 +72,12 @@ CREATE UNIQUE INDEX batches_idempotency ON batches (project_id, idempotency_key)
 CREATE INDEX batches_runnable ON batches (id) WHERE status = 'running' AND count_pending > 0;
 CREATE INDEX batches_scheduled ON batches (send_at) WHERE status = 'scheduled';
 
+-- items and attempts are the hot tables: they carry no foreign keys (a
+-- per-row trigger that would cost ingest and result writes dearly); the
+-- store writes them only together with their batch.
 CREATE TABLE items (
     id                  text PRIMARY KEY,
-    batch_id            text NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
+    batch_id            text NOT NULL,
     project_id          text NOT NULL,
     seq                 bigint NOT NULL,
     data                text NOT NULL,
@@ -99,9 +102,10 @@ CREATE INDEX items_batch_status ON items (batch_id, status, seq);
 
 -- One row per attempt at an item; retry_failed restarts the attempt
 -- numbers, so (item_id, number) is not unique over an item's life.
+-- id orders an item's attempts; it needs no index of its own.
 CREATE TABLE attempts (
-    id          bigserial PRIMARY KEY,
-    item_id     text NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+    id          bigserial NOT NULL,
+    item_id     text NOT NULL,
     batch_id    text NOT NULL,
     project_id  text NOT NULL,
     number      integer NOT NULL,
