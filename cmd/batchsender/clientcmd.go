@@ -255,8 +255,14 @@ ended with failed or unknown items, or was cancelled; 1 on any other error.`,
 			}
 			fmt.Fprintf(stderr, "Created batch %s (draft); uploading %s ...\n", b.ID, file)
 			start := time.Now()
-			if b, err = c.BatchUploadFile(ctx, b.ID, file); err != nil {
-				return fmt.Errorf("uploading %s to batch %s: %w", file, b.ID, err)
+			draftID := b.ID
+			if b, err = c.BatchUploadFile(ctx, draftID, file); err != nil {
+				// Nothing of a rejected upload is kept; cancel the empty draft
+				// too, so a failed command leaves nothing behind.
+				if _, cerr := c.BatchCancel(context.WithoutCancel(ctx), draftID); cerr == nil {
+					fmt.Fprintf(stderr, "Upload rejected; cancelled draft batch %s.\n", draftID)
+				}
+				return fmt.Errorf("uploading %s: %w", file, err)
 			}
 			fmt.Fprintf(stderr, "Uploaded %d items in %s.\n", b.Total, time.Since(start).Round(time.Millisecond))
 			if b, err = c.BatchStart(ctx, b.ID); err != nil {

@@ -344,4 +344,12 @@ func TestCLIActionsAndErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "row 2") {
 		t.Fatalf("ragged CSV: got %v, want an error naming row 2", err)
 	}
+	// The empty draft of the rejected upload is cancelled, not left behind.
+	page, err := c.BatchList(ctx, client.ListParams{Limit: 1})
+	if err != nil || len(page.Data) != 1 {
+		t.Fatalf("listing batches: %+v, %v", page, err)
+	}
+	if last := page.Data[0]; last.ID == b.ID || last.Status != batchsender.BatchCancelled || last.Total != 0 {
+		t.Fatalf("after a rejected upload the newest batch is %s %s with %d items, want a cancelled empty draft", last.ID, last.Status, last.Total)
+	}
 }
