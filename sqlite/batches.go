@@ -66,6 +66,28 @@ func batchGet(ctx context.Context, q queryer, projectID, id string) (batchsender
 	return b, nil
 }
 
+// batchRef is what the item paths need to know of a batch.
+type batchRef struct {
+	key       int64
+	id        string
+	projectID string
+	status    batchsender.BatchStatus
+}
+
+// batchRefGet looks a batch up by ID; projectID "" matches any project.
+func batchRefGet(ctx context.Context, q queryer, projectID, id string) (batchRef, error) {
+	r := batchRef{id: id}
+	err := q.QueryRowContext(ctx, `SELECT bkey, project_id, status FROM batches WHERE id = ? AND (? = '' OR project_id = ?)`,
+		id, projectID, projectID).Scan(&r.key, &r.projectID, &r.status)
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, batchsender.Errorf(batchsender.ENOTFOUND, "batch %q not found", id)
+	}
+	if err != nil {
+		return r, fmt.Errorf("reading batch: %w", err)
+	}
+	return r, nil
+}
+
 // BatchCreate implements batchsender.Store. The batch row and every item are
 // written in one transaction, items streamed from the iterator in
 // multi-row inserts, so memory stays bounded whatever the batch size.
@@ -98,7 +120,7 @@ func (s *Store) BatchCreate(ctx context.Context, p batchsender.BatchCreateParams
 		if err := projectExists(ctx, tx, p.ProjectID); err != nil {
 			return err
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO batches (id, project_id, module, connection_id, provider, status,
+		res, err := tx.ExecContext(ctx, `INSERT INTO batches (id, project_id, module, connection_id, provider, status,
 			template, options, max_attempts, send_at, idempotency_key, request_hash, created_at, updated_at, started_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			id, p.ProjectID, p.Module, p.ConnectionID, p.Provider, p.Status, template, string(options),
@@ -109,7 +131,11 @@ func (s *Store) BatchCreate(ctx context.Context, p batchsender.BatchCreateParams
 		if err != nil {
 			return fmt.Errorf("creating batch: %w", err)
 		}
-		n, err := s.insertItems(ctx, tx, id, p.ProjectID, 0, now, p.Items)
+		key, err := res.LastInsertId()
+		if err != nil {
+			return fmt.Errorf("creating batch: %w", err)
+		}
+		n, err := s.insertItems(ctx, tx, key, 0, now, p.Items)
 		if err != nil {
 			return err
 		}
@@ -117,7 +143,7 @@ func (s *Store) BatchCreate(ctx context.Context, p batchsender.BatchCreateParams
 		if _, err := tx.ExecContext(ctx, `UPDATE batches SET total = ?, pending = ?,
 			status = CASE WHEN ? = 0 AND status = 'running' THEN 'completed' ELSE status END,
 			completed_at = CASE WHEN ? = 0 AND status = 'running' THEN ? END
-			WHERE id = ?`, n, n, n, n, now, id); err != nil {
+			WHERE bkey = ?`, n, n, n, n, now, key); err != nil {
 			return fmt.Errorf("counting items: %w", err)
 		}
 		b, err = batchGet(ctx, tx, p.ProjectID, id)
@@ -130,34 +156,32 @@ func (s *Store) BatchCreate(ctx context.Context, p batchsender.BatchCreateParams
 }
 
 // itemInsertRows is how many items one INSERT statement carries. Fewer
-// statements mean fewer trips through the driver; 500 rows of 7 values
+// statements mean fewer trips through the driver; 500 rows of 6 values
 // stay far below SQLite's limit of 32766 bound parameters.
 const itemInsertRows = 500
 
 // itemInsertCols is the number of values bound per item row.
-const itemInsertCols = 7
+const itemInsertCols = 6
 
 // itemInsertSQL returns a multi-row insert of n items.
 func itemInsertSQL(n int) string {
-	var sb strings.Builder
-	sb.WriteString(`INSERT INTO items (batch_id, seq, id, project_id, data, next_attempt_at, updated_at) VALUES `)
-	for i := range n {
-		if i > 0 {
-			sb.WriteByte(',')
-		}
-		sb.WriteString("(?,?,?,?,?,?,?)")
-	}
-	return sb.String()
+	return `INSERT INTO items (batch_key, seq, id, data, next_attempt_at, updated_at) VALUES ` + valuesList(n, itemInsertCols)
+}
+
+// valuesList returns n rows of cols placeholders: "(?,?),(?,?)".
+func valuesList(n, cols int) string {
+	row := "(?" + strings.Repeat(",?", cols-1) + ")"
+	return row + strings.Repeat(","+row, n-1)
 }
 
 // insertItems streams items into the batch in multi-row inserts, numbering
 // them after seq, and returns how many it wrote. An error yielded by the
 // iterator is returned as it is.
-func (s *Store) insertItems(ctx context.Context, tx *sql.Tx, batchID, projectID string, seq int64, now int64, items iter.Seq2[batchsender.NewItem, error]) (int64, error) {
+func (s *Store) insertItems(ctx context.Context, tx *sql.Tx, batchKey int64, seq int64, now int64, items iter.Seq2[batchsender.NewItem, error]) (int64, error) {
 	if items == nil {
 		return 0, nil
 	}
-	full := tx.StmtContext(ctx, s.insertItemsFull)
+	full := tx.StmtContext(ctx, s.st.insertItems)
 	defer full.Close()
 	args := make([]any, 0, itemInsertRows*itemInsertCols)
 	var n int64
@@ -191,7 +215,7 @@ func (s *Store) insertItems(ctx context.Context, tx *sql.Tx, batchID, projectID 
 		if data == "" {
 			data = "{}"
 		}
-		args = append(args, batchID, seq, batchsender.NewID("itm"), projectID, data, now, now)
+		args = append(args, batchKey, seq, batchsender.NewID("itm"), data, now, now)
 		if len(args) == cap(args) {
 			if err := flush(); err != nil {
 				return 0, err
@@ -267,12 +291,16 @@ func (s *Store) BatchItemsAppend(ctx context.Context, p batchsender.BatchItemsAp
 		now := ms(s.now())
 		// Seqs run 1..total without gaps (items are never deleted), so the
 		// new ones continue after total.
-		n, err := s.insertItems(ctx, tx, b.ID, b.ProjectID, b.Total, now, p.Items)
+		ref, err := batchRefGet(ctx, tx, p.ProjectID, p.BatchID)
+		if err != nil {
+			return err
+		}
+		n, err := s.insertItems(ctx, tx, ref.key, b.Total, now, p.Items)
 		if err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE batches SET total = total + ?, pending = pending + ?, updated_at = ?
-			WHERE id = ?`, n, n, now, b.ID); err != nil {
+			WHERE bkey = ?`, n, n, now, ref.key); err != nil {
 			return fmt.Errorf("counting items: %w", err)
 		}
 		b, err = batchGet(ctx, tx, p.ProjectID, p.BatchID)
@@ -298,7 +326,11 @@ func (s *Store) BatchTransition(ctx context.Context, p batchsender.BatchTransiti
 		if err != nil {
 			return err
 		}
-		if err := s.transition(ctx, tx, b, p, nowMS); err != nil {
+		ref, err := batchRefGet(ctx, tx, p.ProjectID, p.BatchID)
+		if err != nil {
+			return err
+		}
+		if err := s.transition(ctx, tx, ref.key, b, p, nowMS); err != nil {
 			return err
 		}
 		b, err = batchGet(ctx, tx, p.ProjectID, p.BatchID)
@@ -315,7 +347,7 @@ func notApplicable(a batchsender.BatchAction, b batchsender.Batch) error {
 }
 
 // transition applies one action inside the writer's transaction.
-func (s *Store) transition(ctx context.Context, tx *sql.Tx, b batchsender.Batch, p batchsender.BatchTransitionParams, now int64) error {
+func (s *Store) transition(ctx context.Context, tx *sql.Tx, key int64, b batchsender.Batch, p batchsender.BatchTransitionParams, now int64) error {
 	// runOrSchedule is the status a batch takes when it may go: scheduled
 	// while send_at lies ahead, otherwise running (or completed when it has
 	// no live item left).
@@ -332,7 +364,7 @@ func (s *Store) transition(ctx context.Context, tx *sql.Tx, b batchsender.Batch,
 		_, err := tx.ExecContext(ctx, `UPDATE batches SET status = ?, status_reason = ?, updated_at = ?,
 			started_at = CASE WHEN ? = 'running' THEN COALESCE(started_at, ?) ELSE started_at END,
 			completed_at = CASE WHEN ? IN ('completed', 'cancelled') THEN ? ELSE NULL END
-			WHERE id = ?`, st, reason, now, st, now, st, now, b.ID)
+			WHERE bkey = ?`, st, reason, now, st, now, st, now, key)
 		if err != nil {
 			return fmt.Errorf("changing batch status: %w", err)
 		}
@@ -361,7 +393,7 @@ func (s *Store) transition(ctx context.Context, tx *sql.Tx, b batchsender.Batch,
 		if b.Status.Terminal() {
 			return notApplicable(p.Action, b)
 		}
-		if err := cancelPending(ctx, tx, b.ID, now); err != nil {
+		if err := cancelPending(ctx, tx, key, now); err != nil {
 			return err
 		}
 		return setStatus(batchsender.BatchCancelled, p.Reason)
@@ -375,7 +407,7 @@ func (s *Store) transition(ctx context.Context, tx *sql.Tx, b batchsender.Batch,
 		// Fresh attempts: the attempt count starts again from zero, and
 		// the items are due at once.
 		res, err := tx.ExecContext(ctx, `UPDATE items SET status = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?
-			WHERE batch_id = ? AND status IN ('failed', 'unknown')`, now, now, b.ID)
+			WHERE batch_key = ? AND status IN ('failed', 'unknown')`, now, now, key)
 		if err != nil {
 			return fmt.Errorf("retrying failed items: %w", err)
 		}
@@ -384,7 +416,7 @@ func (s *Store) transition(ctx context.Context, tx *sql.Tx, b batchsender.Batch,
 			return fmt.Errorf("retrying failed items: %w", err)
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE batches SET pending = pending + ?, failed = 0, unknown = 0, updated_at = ?
-			WHERE id = ?`, n, now, b.ID); err != nil {
+			WHERE bkey = ?`, n, now, key); err != nil {
 			return fmt.Errorf("counting retried items: %w", err)
 		}
 		if b.Status == batchsender.BatchCompleted {
@@ -397,9 +429,9 @@ func (s *Store) transition(ctx context.Context, tx *sql.Tx, b batchsender.Batch,
 
 // cancelPending turns the batch's pending items into cancelled ones and
 // moves the counts along.
-func cancelPending(ctx context.Context, tx *sql.Tx, batchID string, now int64) error {
+func cancelPending(ctx context.Context, tx *sql.Tx, key int64, now int64) error {
 	res, err := tx.ExecContext(ctx, `UPDATE items SET status = 'cancelled', updated_at = ?
-		WHERE batch_id = ? AND status = 'pending'`, now, batchID)
+		WHERE batch_key = ? AND status = 'pending'`, now, key)
 	if err != nil {
 		return fmt.Errorf("cancelling items: %w", err)
 	}
@@ -411,34 +443,42 @@ func cancelPending(ctx context.Context, tx *sql.Tx, batchID string, now int64) e
 		return nil
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE batches SET pending = pending - ?, cancelled = cancelled + ?, updated_at = ?
-		WHERE id = ?`, n, n, now, batchID); err != nil {
+		WHERE bkey = ?`, n, n, now, key); err != nil {
 		return fmt.Errorf("counting cancelled items: %w", err)
 	}
 	return nil
 }
+
+// runnableSQL lists running batches with pending items (limit). The
+// partial index batches_running holds only running batches.
+const runnableSQL = `SELECT ` + batchColumns + ` FROM batches INDEXED BY batches_running
+	WHERE status = 'running' AND pending > 0 LIMIT ?`
 
 // BatchesRunnable implements batchsender.Store.
 func (s *Store) BatchesRunnable(ctx context.Context, limit int) ([]batchsender.Batch, error) {
 	if limit <= 0 {
 		return []batchsender.Batch{}, nil
 	}
-	// batches_running is partial: the scan sees only running batches.
-	rows, err := s.r.QueryContext(ctx, `SELECT `+batchColumns+` FROM batches
-		WHERE status = 'running' AND pending > 0 LIMIT ?`, limit)
+	rows, err := s.r.QueryContext(ctx, runnableSQL, limit)
 	if err != nil {
 		return nil, fmt.Errorf("listing runnable batches: %w", err)
 	}
 	return collectBatches(rows)
 }
 
+// activateSQL starts scheduled batches whose send_at has come (completed_at,
+// started_at, updated_at, now), through the partial index
+// batches_scheduled.
+const activateSQL = `UPDATE batches SET
+	status = CASE WHEN pending + in_flight = 0 THEN 'completed' ELSE 'running' END,
+	completed_at = CASE WHEN pending + in_flight = 0 THEN ? END,
+	started_at = COALESCE(started_at, ?), updated_at = ?
+	WHERE status = 'scheduled' AND (send_at IS NULL OR send_at <= ?)`
+
 // BatchesActivateDue implements batchsender.Store.
 func (s *Store) BatchesActivateDue(ctx context.Context, now time.Time) (int, error) {
 	nowMS := ms(now)
-	res, err := s.w.ExecContext(ctx, `UPDATE batches SET
-		status = CASE WHEN pending + in_flight = 0 THEN 'completed' ELSE 'running' END,
-		completed_at = CASE WHEN pending + in_flight = 0 THEN ? END,
-		started_at = COALESCE(started_at, ?), updated_at = ?
-		WHERE status = 'scheduled' AND (send_at IS NULL OR send_at <= ?)`, nowMS, nowMS, nowMS, nowMS)
+	res, err := s.w.ExecContext(ctx, activateSQL, nowMS, nowMS, nowMS, nowMS)
 	if err != nil {
 		return 0, fmt.Errorf("activating scheduled batches: %w", err)
 	}

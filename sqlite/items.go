@@ -7,22 +7,23 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/batchsender/batchsender"
 )
 
-const itemColumns = `id, batch_id, project_id, seq, data, status, attempts, next_attempt_at, last_error,
+// itemColumns are the item columns every item read returns; the batch's
+// ID and project come from the batch.
+const itemColumns = `seq, id, data, status, attempts, next_attempt_at, last_error,
 	provider_message_id, lease_owner, lease_expires_at, updated_at`
 
-func scanItem(row interface{ Scan(...any) error }) (batchsender.Item, error) {
-	var it batchsender.Item
+func scanItem(row interface{ Scan(...any) error }, b batchRef) (batchsender.Item, error) {
+	it := batchsender.Item{BatchID: b.id, ProjectID: b.projectID}
 	var data string
 	var next, updated int64
 	var owner sql.NullString
 	var expires sql.NullInt64
-	if err := row.Scan(&it.ID, &it.BatchID, &it.ProjectID, &it.Seq, &data, &it.Status, &it.Attempts, &next,
+	if err := row.Scan(&it.Seq, &it.ID, &data, &it.Status, &it.Attempts, &next,
 		&it.LastError, &it.ProviderMessageID, &owner, &expires, &updated); err != nil {
 		return it, err
 	}
@@ -33,11 +34,11 @@ func scanItem(row interface{ Scan(...any) error }) (batchsender.Item, error) {
 	return it, nil
 }
 
-func collectItems(rows *sql.Rows) ([]batchsender.Item, error) {
+func collectItems(rows *sql.Rows, b batchRef) ([]batchsender.Item, error) {
 	defer rows.Close()
 	out := []batchsender.Item{}
 	for rows.Next() {
-		it, err := scanItem(rows)
+		it, err := scanItem(rows, b)
 		if err != nil {
 			return nil, fmt.Errorf("reading item: %w", err)
 		}
@@ -49,47 +50,63 @@ func collectItems(rows *sql.Rows) ([]batchsender.Item, error) {
 	return out, nil
 }
 
+// itemListByRareStatus lists items of a usually rare status through the
+// partial index items_rare_status. The status is a literal in the text,
+// because SQLite uses a partial index only when the query's WHERE clause
+// visibly implies the index's.
+var itemListByRareStatus = func() map[batchsender.ItemStatus]string {
+	m := map[batchsender.ItemStatus]string{}
+	for _, st := range []batchsender.ItemStatus{batchsender.ItemFailed, batchsender.ItemUnknown, batchsender.ItemSkipped} {
+		m[st] = `SELECT ` + itemColumns + ` FROM items INDEXED BY items_rare_status
+			WHERE batch_key = ? AND status = '` + string(st) + `' AND seq > ? ORDER BY seq LIMIT ?`
+	}
+	return m
+}()
+
 // ItemList implements batchsender.Store. A Limit of 0 means 100; at most
 // 10,000 items come back.
 func (s *Store) ItemList(ctx context.Context, p batchsender.ItemListParams) ([]batchsender.Item, error) {
-	var one int
-	err := s.r.QueryRowContext(ctx, `SELECT 1 FROM batches WHERE id = ? AND project_id = ?`, p.BatchID, p.ProjectID).Scan(&one)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, batchsender.Errorf(batchsender.ENOTFOUND, "batch %q not found", p.BatchID)
-	}
+	ref, err := batchRefGet(ctx, s.r, p.ProjectID, p.BatchID)
 	if err != nil {
-		return nil, fmt.Errorf("reading batch: %w", err)
+		return nil, err
+	}
+	if p.Status != "" {
+		if _, err := batchsender.ParseItemStatus(string(p.Status)); err != nil {
+			return nil, err
+		}
 	}
 	n := limit(p.Limit, 100, 10_000)
 	var rows *sql.Rows
-	if p.Status == "" {
-		// A range of the (batch_id, seq) primary key.
-		rows, err = s.r.QueryContext(ctx, `SELECT `+itemColumns+` FROM items
-			WHERE batch_id = ? AND seq > ? ORDER BY seq LIMIT ?`, p.BatchID, p.AfterSeq, n)
+	if q, ok := itemListByRareStatus[p.Status]; ok {
+		rows, err = s.r.QueryContext(ctx, q, ref.key, p.AfterSeq, n)
 	} else {
-		// A range of items_batch_status.
-		rows, err = s.r.QueryContext(ctx, `SELECT `+itemColumns+` FROM items INDEXED BY items_batch_status
-			WHERE batch_id = ? AND status = ? AND seq > ? ORDER BY seq LIMIT ?`, p.BatchID, p.Status, p.AfterSeq, n)
+		// A range of the (batch_key, seq) primary key, filtered by status
+		// when one is given: the statuses without an index are the ones
+		// that are usually dense.
+		rows, err = s.r.QueryContext(ctx, `SELECT `+itemColumns+` FROM items
+			WHERE batch_key = ? AND seq > ? AND (? = '' OR status = ?) ORDER BY seq LIMIT ?`,
+			ref.key, p.AfterSeq, p.Status, p.Status, n)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("listing items: %w", err)
 	}
-	return collectItems(rows)
+	return collectItems(rows, ref)
 }
 
 // ItemAttemptList implements batchsender.Store.
 func (s *Store) ItemAttemptList(ctx context.Context, projectID, itemID string) ([]batchsender.Attempt, error) {
 	var one int
-	err := s.r.QueryRowContext(ctx, `SELECT 1 FROM items WHERE id = ? AND project_id = ?`, itemID, projectID).Scan(&one)
+	err := s.r.QueryRowContext(ctx, `SELECT 1 FROM items JOIN batches ON batches.bkey = items.batch_key
+		WHERE items.id = ? AND batches.project_id = ?`, itemID, projectID).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, batchsender.Errorf(batchsender.ENOTFOUND, "item %q not found", itemID)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading item: %w", err)
 	}
-	// rowid order is insertion order: oldest attempt first.
+	// The primary key range of the item, oldest attempt first.
 	rows, err := s.r.QueryContext(ctx, `SELECT item_id, number, started_at, latency_ns, outcome, status_code, response, error
-		FROM attempts WHERE item_id = ? ORDER BY rowid`, itemID)
+		FROM attempts WHERE item_id = ? ORDER BY started_at, number`, itemID)
 	if err != nil {
 		return nil, fmt.Errorf("listing attempts: %w", err)
 	}
@@ -110,19 +127,18 @@ func (s *Store) ItemAttemptList(ctx context.Context, projectID, itemID string) (
 	return out, nil
 }
 
-// claimSQL claims due items of one running batch in one statement. The
-// subquery walks items_claim (partial on pending) from the oldest due item,
-// so its cost is the number of items claimed, not the batch size; the batch
-// check sits in the same statement so a paused or cancelled batch yields
-// nothing. It is PostgreSQL's
-// "UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)" without the
-// locking clause: SQLite's single writer already serialises claims.
+// claimSQL claims due items of one batch in one statement. The subquery
+// walks items_claim (partial on pending) from the oldest due item, so its
+// cost is the number of items claimed, not the batch size. It is
+// PostgreSQL's "UPDATE ... WHERE (batch, seq) IN (SELECT ... FOR UPDATE
+// SKIP LOCKED)" without the locking clause: SQLite's single writer already
+// serialises claims. ChunkClaim checks in the same transaction that the
+// batch is running.
 const claimSQL = `UPDATE items SET status = 'in_flight', attempts = attempts + 1,
 	lease_owner = ?, lease_expires_at = ?, updated_at = ?
-WHERE batch_id = ? AND seq IN (
+WHERE batch_key = ? AND seq IN (
 	SELECT seq FROM items INDEXED BY items_claim
-	WHERE batch_id = ? AND status = 'pending' AND next_attempt_at <= ?
-	  AND EXISTS (SELECT 1 FROM batches WHERE id = ? AND status = 'running')
+	WHERE batch_key = ? AND status = 'pending' AND next_attempt_at <= ?
 	ORDER BY next_attempt_at, seq
 	LIMIT ?)
 RETURNING ` + itemColumns
@@ -136,20 +152,33 @@ func (s *Store) ChunkClaim(ctx context.Context, p batchsender.ChunkClaimParams) 
 		return nil, batchsender.Errorf(batchsender.EINVALID, "a claim needs an owner")
 	}
 	now := ms(p.Now)
-	var items []batchsender.Item
+	items := []batchsender.Item{}
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, claimSQL, p.Owner, ms(p.LeaseUntil), now, p.BatchID, p.BatchID, now, p.BatchID, p.Limit)
+		ref, err := batchRefGet(ctx, tx, "", p.BatchID)
+		if batchsender.IsNotFound(err) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if ref.status != batchsender.BatchRunning {
+			return nil
+		}
+		claim := tx.StmtContext(ctx, s.st.claim)
+		defer claim.Close()
+		rows, err := claim.QueryContext(ctx, p.Owner, ms(p.LeaseUntil), now, ref.key, ref.key, now, p.Limit)
 		if err != nil {
 			return fmt.Errorf("claiming items: %w", err)
 		}
-		if items, err = collectItems(rows); err != nil {
+		if items, err = collectItems(rows, ref); err != nil {
 			return fmt.Errorf("claiming items: %w", err)
 		}
 		if len(items) == 0 {
 			return nil
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE batches SET pending = pending - ?, in_flight = in_flight + ?, updated_at = ?
-			WHERE id = ?`, len(items), len(items), now, p.BatchID); err != nil {
+		counts := tx.StmtContext(ctx, s.st.counts)
+		defer counts.Close()
+		if _, err := counts.ExecContext(ctx, -len(items), len(items), 0, 0, 0, 0, 0, now, ref.key); err != nil {
 			return fmt.Errorf("counting claimed items: %w", err)
 		}
 		return nil
@@ -174,85 +203,84 @@ const (
 	resultCols = 7
 )
 
-// resultSQL writes up to n results in one statement. Only items still in
-// flight under the result's owner change (a rescued lease makes the late
-// result stale); the RETURNING rows are the ones that did. A retry result
-// for an item of a cancelled batch makes it cancelled, since nothing will
-// claim it again.
+// resultSQL writes up to n results in one statement: the VALUES rows are
+// joined to items through items_id. Only items still in flight under the
+// result's owner change (a rescued lease makes a late result stale); the
+// RETURNING rows are the ones that did. A retry result for an item of a
+// cancelled batch makes it cancelled, since nothing will claim it again.
 func resultSQL(n int) string {
-	var sb strings.Builder
-	sb.WriteString(`UPDATE items SET updated_at = ?,
+	return `UPDATE items SET updated_at = ?,
 	status = CASE WHEN v.column3 = 'pending'
-	              AND (SELECT status FROM batches WHERE id = items.batch_id) = 'cancelled'
+	              AND (SELECT status FROM batches WHERE bkey = items.batch_key) = 'cancelled'
 	         THEN 'cancelled' ELSE v.column3 END,
 	next_attempt_at = CASE WHEN v.column3 = 'pending' THEN v.column4 ELSE items.next_attempt_at END,
 	last_error = v.column5,
 	provider_message_id = CASE WHEN v.column6 <> '' THEN v.column6 ELSE items.provider_message_id END,
 	units = items.units + v.column7,
 	lease_owner = NULL, lease_expires_at = NULL
-FROM (VALUES `)
-	for i := range n {
-		if i > 0 {
-			sb.WriteByte(',')
-		}
-		sb.WriteString("(?,?,?,?,?,?,?)")
-	}
-	sb.WriteString(`) AS v
+FROM (VALUES ` + valuesList(n, resultCols) + `) AS v
 WHERE items.id = v.column1 AND items.status = 'in_flight' AND items.lease_owner = v.column2
-RETURNING items.id, items.batch_id, items.project_id, items.status, items.attempts`)
-	return sb.String()
+RETURNING items.id, items.batch_key, items.status, items.attempts`
 }
 
 // attemptRows and attemptCols size the multi-row attempt insert.
 const (
 	attemptRows = 250
-	attemptCols = 10
+	attemptCols = 9
 )
 
+// attemptInsertSQL records n attempts. OR REPLACE: the same attempt
+// written twice (same item, start and number) is kept once.
 func attemptInsertSQL(n int) string {
-	var sb strings.Builder
-	sb.WriteString(`INSERT INTO attempts (item_id, batch_id, project_id, number, started_at, latency_ns, outcome,
-		status_code, response, error) VALUES `)
-	for i := range n {
-		if i > 0 {
-			sb.WriteByte(',')
-		}
-		sb.WriteString("(?,?,?,?,?,?,?,?,?,?)")
-	}
-	return sb.String()
+	return `INSERT OR REPLACE INTO attempts (item_id, started_at, number, batch_key, latency_ns, outcome,
+		status_code, response, error) VALUES ` + valuesList(n, attemptCols)
 }
 
-// countDelta accumulates per-batch count changes within one transaction.
-type countDelta map[string]*batchsender.Counts
+// countDelta accumulates per-batch count changes within one transaction,
+// by batch key.
+type countDelta map[int64]*batchsender.Counts
 
-func (d countDelta) add(batchID string, st batchsender.ItemStatus, n int64) {
-	c := d[batchID]
+func (d countDelta) add(key int64, st batchsender.ItemStatus, n int64) {
+	c := d[key]
 	if c == nil {
 		c = &batchsender.Counts{}
-		d[batchID] = c
+		d[key] = c
 	}
 	c.Add(st, n)
 }
 
 // apply writes the count changes, then completes every running batch that
 // has no live item left.
-func (d countDelta) apply(ctx context.Context, tx *sql.Tx, now int64) error {
-	for id, c := range d {
-		if _, err := tx.ExecContext(ctx, `UPDATE batches SET pending = pending + ?, in_flight = in_flight + ?,
-			succeeded = succeeded + ?, failed = failed + ?, cancelled = cancelled + ?, skipped = skipped + ?,
-			unknown = unknown + ?, updated_at = ? WHERE id = ?`,
-			c.Pending, c.InFlight, c.Succeeded, c.Failed, c.Cancelled, c.Skipped, c.Unknown, now, id); err != nil {
+func (s *Store) applyCounts(ctx context.Context, tx *sql.Tx, d countDelta, now int64) error {
+	if len(d) == 0 {
+		return nil
+	}
+	counts := tx.StmtContext(ctx, s.st.counts)
+	defer counts.Close()
+	complete := tx.StmtContext(ctx, s.st.complete)
+	defer complete.Close()
+	for key, c := range d {
+		if _, err := counts.ExecContext(ctx, c.Pending, c.InFlight, c.Succeeded, c.Failed, c.Cancelled, c.Skipped, c.Unknown, now, key); err != nil {
 			return fmt.Errorf("updating batch counts: %w", err)
 		}
-		if c.InFlight < 0 || c.Pending < 0 {
-			if _, err := tx.ExecContext(ctx, `UPDATE batches SET status = 'completed', completed_at = ?, updated_at = ?
-				WHERE id = ? AND status = 'running' AND pending = 0 AND in_flight = 0`, now, now, id); err != nil {
+		if c.Live() < 0 {
+			if _, err := complete.ExecContext(ctx, now, now, key); err != nil {
 				return fmt.Errorf("completing batch: %w", err)
 			}
 		}
 	}
 	return nil
 }
+
+// countsSQL adds deltas to a batch's counts (pending, in_flight,
+// succeeded, failed, cancelled, skipped, unknown, updated_at, bkey).
+const countsSQL = `UPDATE batches SET pending = pending + ?, in_flight = in_flight + ?,
+	succeeded = succeeded + ?, failed = failed + ?, cancelled = cancelled + ?, skipped = skipped + ?,
+	unknown = unknown + ?, updated_at = ? WHERE bkey = ?`
+
+// completeSQL completes a running batch with no live item left.
+const completeSQL = `UPDATE batches SET status = 'completed', completed_at = ?, updated_at = ?
+	WHERE bkey = ? AND status = 'running' AND pending = 0 AND in_flight = 0`
 
 // ItemResultsWriteMany implements batchsender.Store.
 func (s *Store) ItemResultsWriteMany(ctx context.Context, results []batchsender.ItemResult) (int, error) {
@@ -278,79 +306,148 @@ func (s *Store) ItemResultsWriteMany(ctx context.Context, results []batchsender.
 	now := ms(s.now())
 	applied := 0
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		delta := countDelta{}
-		attemptArgs := make([]any, 0, attemptRows*attemptCols)
-		flushAttempts := func() error {
-			if len(attemptArgs) == 0 {
-				return nil
-			}
-			if _, err := tx.ExecContext(ctx, attemptInsertSQL(len(attemptArgs)/attemptCols), attemptArgs...); err != nil {
-				return fmt.Errorf("recording attempts: %w", err)
-			}
-			attemptArgs = attemptArgs[:0]
-			return nil
-		}
-		args := make([]any, 0, 1+resultRows*resultCols)
+		w := resultWriter{s: s, tx: tx, now: now, delta: countDelta{}}
+		defer w.close()
 		for _, round := range rounds {
-			byID := make(map[string]*batchsender.ItemResult, len(round))
-			for i := range round {
-				byID[round[i].ItemID] = &round[i]
+			n, err := w.writeRound(ctx, round)
+			if err != nil {
+				return err
 			}
-			for chunk := range slices.Chunk(round, resultRows) {
-				args = append(args[:0], now)
-				for i := range chunk {
-					r := &chunk[i]
-					next := ms(r.NextAttemptAt)
-					if r.NextAttemptAt.IsZero() {
-						next = now
-					}
-					args = append(args, r.ItemID, r.Owner, string(r.Status), next, r.Error, r.ProviderMessageID, r.Units)
-				}
-				rows, err := tx.QueryContext(ctx, resultSQL(len(chunk)), args...)
-				if err != nil {
-					return fmt.Errorf("writing item results: %w", err)
-				}
-				for rows.Next() {
-					var id, batchID, projectID string
-					var st batchsender.ItemStatus
-					var attempts int
-					if err := rows.Scan(&id, &batchID, &projectID, &st, &attempts); err != nil {
-						rows.Close()
-						return fmt.Errorf("reading written result: %w", err)
-					}
-					applied++
-					delta.add(batchID, batchsender.ItemInFlight, -1)
-					delta.add(batchID, st, 1)
-					a := byID[id].Attempt
-					// The item's own attempt count is the truth about which
-					// attempt this was; it was raised at claim.
-					attemptArgs = append(attemptArgs, id, batchID, projectID, attempts, ms(a.StartedAt), int64(a.Latency),
-						a.Outcome, a.StatusCode, a.Response, a.Error)
-					if len(attemptArgs) == cap(attemptArgs) {
-						if err := flushAttempts(); err != nil {
-							rows.Close()
-							return err
-						}
-					}
-				}
-				if err := rows.Close(); err != nil {
-					return fmt.Errorf("writing item results: %w", err)
-				}
-				if err := rows.Err(); err != nil {
-					return fmt.Errorf("writing item results: %w", err)
-				}
-			}
+			applied += n
 		}
-		if err := flushAttempts(); err != nil {
-			return err
-		}
-		return delta.apply(ctx, tx, now)
+		return s.applyCounts(ctx, tx, w.delta, now)
 	})
 	if err != nil {
 		return 0, err
 	}
 	return applied, nil
 }
+
+// resultWriter writes the results of one ItemResultsWriteMany call inside
+// its transaction, with the prepared full-size statements.
+type resultWriter struct {
+	s           *Store
+	tx          *sql.Tx
+	now         int64
+	delta       countDelta
+	args        []any
+	attemptArgs []any
+	results     *sql.Stmt // transaction-bound s.st.results
+	attempts    *sql.Stmt // transaction-bound s.st.attempts
+}
+
+func (w *resultWriter) close() {
+	if w.results != nil {
+		_ = w.results.Close()
+	}
+	if w.attempts != nil {
+		_ = w.attempts.Close()
+	}
+}
+
+// writeRound writes results of distinct items and returns how many applied.
+func (w *resultWriter) writeRound(ctx context.Context, round []batchsender.ItemResult) (int, error) {
+	byID := make(map[string]*batchsender.ItemResult, len(round))
+	for i := range round {
+		byID[round[i].ItemID] = &round[i]
+	}
+	applied := 0
+	for chunk := range slices.Chunk(round, resultRows) {
+		w.args = append(w.args[:0], w.now)
+		for i := range chunk {
+			r := &chunk[i]
+			next := ms(r.NextAttemptAt)
+			if r.NextAttemptAt.IsZero() {
+				next = w.now
+			}
+			w.args = append(w.args, r.ItemID, r.Owner, string(r.Status), next, r.Error, r.ProviderMessageID, r.Units)
+		}
+		var rows *sql.Rows
+		var err error
+		if len(chunk) == resultRows {
+			if w.results == nil {
+				w.results = w.tx.StmtContext(ctx, w.s.st.results)
+			}
+			rows, err = w.results.QueryContext(ctx, w.args...)
+		} else {
+			rows, err = w.tx.QueryContext(ctx, resultSQL(len(chunk)), w.args...)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("writing item results: %w", err)
+		}
+		n, err := w.collect(rows, byID)
+		if err != nil {
+			return 0, err
+		}
+		applied += n
+		// At most one chunk of attempts (resultRows == attemptRows), written
+		// once the UPDATE's rows are closed.
+		if err := w.flushAttempts(ctx); err != nil {
+			return 0, err
+		}
+	}
+	return applied, nil
+}
+
+// collect reads the rows a result UPDATE returned: counts and attempts.
+func (w *resultWriter) collect(rows *sql.Rows, byID map[string]*batchsender.ItemResult) (int, error) {
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		var id string
+		var key int64
+		var st batchsender.ItemStatus
+		var attempts int
+		if err := rows.Scan(&id, &key, &st, &attempts); err != nil {
+			return 0, fmt.Errorf("reading written result: %w", err)
+		}
+		n++
+		w.delta.add(key, batchsender.ItemInFlight, -1)
+		w.delta.add(key, st, 1)
+		a := byID[id].Attempt
+		// The item's own attempt count, raised at claim, is the truth
+		// about which attempt this was.
+		w.attemptArgs = append(w.attemptArgs, id, ms(a.StartedAt), attempts, key, int64(a.Latency),
+			a.Outcome, a.StatusCode, a.Response, a.Error)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("writing item results: %w", err)
+	}
+	return n, nil
+}
+
+// flushAttempts inserts the attempt records collected so far.
+func (w *resultWriter) flushAttempts(ctx context.Context) error {
+	rows := len(w.attemptArgs) / attemptCols
+	if rows == 0 {
+		return nil
+	}
+	var err error
+	if rows == attemptRows {
+		if w.attempts == nil {
+			w.attempts = w.tx.StmtContext(ctx, w.s.st.attempts)
+		}
+		_, err = w.attempts.ExecContext(ctx, w.attemptArgs...)
+	} else {
+		_, err = w.tx.ExecContext(ctx, attemptInsertSQL(rows), w.attemptArgs...)
+	}
+	if err != nil {
+		return fmt.Errorf("recording attempts: %w", err)
+	}
+	w.attemptArgs = w.attemptArgs[:0]
+	return nil
+}
+
+// releaseSQL gives leased items back (updated_at, JSON array of IDs,
+// owner). The IDs travel as one JSON array (json_each), whatever their
+// number; each is an items_id lookup. Items of a cancelled batch become
+// cancelled, since nothing would claim them again.
+const releaseSQL = `UPDATE items SET updated_at = ?,
+	status = CASE WHEN (SELECT status FROM batches WHERE bkey = items.batch_key) = 'cancelled'
+	         THEN 'cancelled' ELSE 'pending' END,
+	attempts = attempts - 1, lease_owner = NULL, lease_expires_at = NULL
+	WHERE id IN (SELECT value FROM json_each(?)) AND status = 'in_flight' AND lease_owner = ?
+	RETURNING batch_key, status`
 
 // ItemsRelease implements batchsender.Store.
 func (s *Store) ItemsRelease(ctx context.Context, owner string, itemIDs []string) (int, error) {
@@ -364,15 +461,7 @@ func (s *Store) ItemsRelease(ctx context.Context, owner string, itemIDs []string
 	now := ms(s.now())
 	n := 0
 	err = s.writeTx(ctx, func(tx *sql.Tx) error {
-		// The IDs travel as one JSON array (json_each), whatever their
-		// number; each is an items_id lookup. Items of a cancelled batch
-		// become cancelled, since nothing would claim them again.
-		rows, err := tx.QueryContext(ctx, `UPDATE items SET updated_at = ?,
-			status = CASE WHEN (SELECT status FROM batches WHERE id = items.batch_id) = 'cancelled'
-			         THEN 'cancelled' ELSE 'pending' END,
-			attempts = attempts - 1, lease_owner = NULL, lease_expires_at = NULL
-			WHERE id IN (SELECT value FROM json_each(?)) AND status = 'in_flight' AND lease_owner = ?
-			RETURNING batch_id, status`, now, string(ids), owner)
+		rows, err := tx.QueryContext(ctx, releaseSQL, now, string(ids), owner)
 		if err != nil {
 			return fmt.Errorf("releasing items: %w", err)
 		}
@@ -383,7 +472,7 @@ func (s *Store) ItemsRelease(ctx context.Context, owner string, itemIDs []string
 		for _, c := range delta {
 			n -= int(c.InFlight)
 		}
-		return delta.apply(ctx, tx, now)
+		return s.applyCounts(ctx, tx, delta, now)
 	})
 	if err != nil {
 		return 0, err
@@ -391,43 +480,46 @@ func (s *Store) ItemsRelease(ctx context.Context, owner string, itemIDs []string
 	return n, nil
 }
 
-// collectMoves reads (batch_id, new status) rows of items that left
+// collectMoves reads (batch_key, new status) rows of items that left
 // in_flight into count changes.
 func collectMoves(rows *sql.Rows) (countDelta, error) {
 	defer rows.Close()
 	delta := countDelta{}
 	for rows.Next() {
-		var batchID string
+		var key int64
 		var st batchsender.ItemStatus
-		if err := rows.Scan(&batchID, &st); err != nil {
+		if err := rows.Scan(&key, &st); err != nil {
 			return nil, err
 		}
-		delta.add(batchID, batchsender.ItemInFlight, -1)
-		delta.add(batchID, st, 1)
+		delta.add(key, batchsender.ItemInFlight, -1)
+		delta.add(key, st, 1)
 	}
 	return delta, rows.Err()
 }
+
+// rescueSQL ends expired leases (updated_at, expired before). items_lease
+// (partial on in_flight) finds them. An item that has used all its attempts
+// fails rather than loops; the attempt was counted at claim, so a crash
+// counts as one.
+const rescueSQL = `UPDATE items SET updated_at = ?,
+	status = CASE WHEN b.status = 'cancelled' THEN 'cancelled'
+	              WHEN items.attempts >= b.max_attempts THEN 'failed'
+	              ELSE 'pending' END,
+	last_error = CASE WHEN b.status = 'cancelled' THEN items.last_error
+	              WHEN items.attempts >= b.max_attempts
+	              THEN 'lease expired on attempt ' || items.attempts || ' of ' || b.max_attempts || ' (worker stopped or crashed); no attempts left'
+	              ELSE 'lease expired on attempt ' || items.attempts || ' (worker stopped or crashed)' END,
+	lease_owner = NULL, lease_expires_at = NULL
+	FROM batches AS b
+	WHERE b.bkey = items.batch_key AND items.status = 'in_flight' AND items.lease_expires_at < ?
+	RETURNING items.batch_key, items.status`
 
 // LeasesRescue implements batchsender.Store.
 func (s *Store) LeasesRescue(ctx context.Context, expiredBefore time.Time) (int, error) {
 	now := ms(s.now())
 	n := 0
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		// items_lease (partial on in_flight) finds the expired leases. An
-		// item that has used all its attempts fails rather than loops; the
-		// attempt was counted at claim, so a crash counts as one.
-		rows, err := tx.QueryContext(ctx, `UPDATE items SET updated_at = ?,
-			status = CASE WHEN b.status = 'cancelled' THEN 'cancelled'
-			              WHEN items.attempts >= b.max_attempts THEN 'failed'
-			              ELSE 'pending' END,
-			last_error = CASE WHEN b.status = 'cancelled' THEN items.last_error
-			              WHEN items.attempts >= b.max_attempts
-			              THEN 'lease expired on attempt ' || items.attempts || ' of ' || b.max_attempts || ' (worker stopped or crashed); no attempts left'
-			              ELSE 'lease expired on attempt ' || items.attempts || ' (worker stopped or crashed)' END,
-			lease_owner = NULL, lease_expires_at = NULL
-			FROM batches AS b
-			WHERE b.id = items.batch_id AND items.status = 'in_flight' AND items.lease_expires_at < ?
-			RETURNING items.batch_id, items.status`, now, ms(expiredBefore))
+		rows, err := tx.QueryContext(ctx, rescueSQL, now, ms(expiredBefore))
 		if err != nil {
 			return fmt.Errorf("rescuing leases: %w", err)
 		}
@@ -438,7 +530,7 @@ func (s *Store) LeasesRescue(ctx context.Context, expiredBefore time.Time) (int,
 		for _, c := range delta {
 			n -= int(c.InFlight)
 		}
-		return delta.apply(ctx, tx, now)
+		return s.applyCounts(ctx, tx, delta, now)
 	})
 	if err != nil {
 		return 0, err

@@ -24,7 +24,7 @@ func open(t *testing.T) *sqlite.Store {
 	return openAt(t, filepath.Join(t.TempDir(), "data", "batchsender.db"))
 }
 
-func openAt(t *testing.T, path string) *sqlite.Store {
+func openAt(t testing.TB, path string) *sqlite.Store {
 	t.Helper()
 	s, err := sqlite.Open(t.Context(), path, slog.New(slog.DiscardHandler))
 	if err != nil {

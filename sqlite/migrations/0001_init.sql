@@ -31,9 +31,13 @@ CREATE TABLE connections (
 
 -- The per-status counts are kept current in the same transaction as every
 -- item change, so progress reads never count items. max_attempts and send_at
--- are copies of the options the maintenance queries need in SQL.
+-- are copies of the options the maintenance queries need in SQL. bkey is the
+-- rowid: items refer to their batch by this small integer rather than by the
+-- 30-character ID, which keeps every item row and index entry short and
+-- their comparisons cheap.
 CREATE TABLE batches (
-    id              TEXT PRIMARY KEY,
+    bkey            INTEGER PRIMARY KEY,
+    id              TEXT NOT NULL UNIQUE,
     project_id      TEXT NOT NULL REFERENCES projects (id),
     module          TEXT NOT NULL,
     connection_id   TEXT NOT NULL,
@@ -66,17 +70,19 @@ CREATE INDEX batches_project_id ON batches (project_id, id);
 CREATE UNIQUE INDEX batches_idempotency ON batches (project_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 -- BatchesRunnable and BatchesActivateDue look only at the few live batches.
-CREATE INDEX batches_running ON batches (id) WHERE status = 'running';
+CREATE INDEX batches_running ON batches (bkey) WHERE status = 'running';
 CREATE INDEX batches_scheduled ON batches (send_at) WHERE status = 'scheduled';
 
--- Items are clustered by (batch_id, seq): a batch's items sit together in
+-- Items are clustered by (batch_key, seq): a batch's items sit together in
 -- upload order, so ingest appends to the B-tree and ItemList reads one range.
--- WITHOUT ROWID saves the separate rowid tree (one B-tree fewer per insert).
+-- WITHOUT ROWID saves a separate rowid tree (one B-tree fewer per insert).
+-- Every index below costs time on the hot paths (ingest, claim, result), so
+-- there are only the ones those paths and the tenant-facing lists need.
+-- The project is the batch's (through batch_key), not repeated here.
 CREATE TABLE items (
-    batch_id            TEXT NOT NULL,
+    batch_key           INTEGER NOT NULL REFERENCES batches (bkey),
     seq                 INTEGER NOT NULL,
     id                  TEXT NOT NULL,
-    project_id          TEXT NOT NULL,
     data                TEXT NOT NULL,
     status              TEXT NOT NULL DEFAULT 'pending',
     attempts            INTEGER NOT NULL DEFAULT 0,
@@ -87,36 +93,39 @@ CREATE TABLE items (
     lease_expires_at    INTEGER,
     units               INTEGER NOT NULL DEFAULT 0,
     updated_at          INTEGER NOT NULL,
-    PRIMARY KEY (batch_id, seq)
+    PRIMARY KEY (batch_key, seq)
 ) WITHOUT ROWID;
 
 -- Result writes, releases and attempt lists find items by ID.
 CREATE UNIQUE INDEX items_id ON items (id);
 -- The claim path: due pending items of one batch, oldest due first. Partial,
--- so finished items cost nothing here and the scan starts at the first due
--- item. The same shape as PostgreSQL's claim index under SKIP LOCKED.
-CREATE INDEX items_claim ON items (batch_id, next_attempt_at, seq)
+-- so only pending items cost anything here and the scan starts at the first
+-- due item. The same shape as PostgreSQL's claim index under SKIP LOCKED.
+CREATE INDEX items_claim ON items (batch_key, next_attempt_at, seq)
     WHERE status = 'pending';
--- ItemList filtered by status, in seq order.
-CREATE INDEX items_batch_status ON items (batch_id, status, seq);
 -- LeasesRescue: only in-flight items, by lease expiry.
 CREATE INDEX items_lease ON items (lease_expires_at)
     WHERE status = 'in_flight';
+-- ItemList filtered by a status that is usually rare (the failures a user
+-- looks for), in seq order. Partial so that ingest, claims and successes
+-- never touch it; lists of the usually dense statuses (pending, in_flight,
+-- succeeded, cancelled) scan the primary key range instead. Queries name
+-- the status as a literal so the planner can prove the index applies.
+CREATE INDEX items_rare_status ON items (batch_key, status, seq)
+    WHERE status = 'failed' OR status = 'unknown' OR status = 'skipped';
 
--- One row per attempt at an item. A rowid table: retry_failed restarts the
--- attempt numbers, so (item_id, number) is not unique over an item's life.
+-- One row per attempt at an item, clustered by item and start time so an
+-- item's attempts are one range, oldest first. number is part of the key
+-- because retry_failed starts the numbering again.
 CREATE TABLE attempts (
     item_id     TEXT NOT NULL,
-    batch_id    TEXT NOT NULL,
-    project_id  TEXT NOT NULL,
-    number      INTEGER NOT NULL,
     started_at  INTEGER NOT NULL,
+    number      INTEGER NOT NULL,
+    batch_key   INTEGER NOT NULL,
     latency_ns  INTEGER NOT NULL,
     outcome     TEXT NOT NULL,
     status_code INTEGER NOT NULL DEFAULT 0,
     response    TEXT NOT NULL DEFAULT '',
-    error       TEXT NOT NULL DEFAULT ''
-);
-
--- ItemAttemptList: one item's attempts in rowid (insertion) order.
-CREATE INDEX attempts_item ON attempts (item_id);
+    error       TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (item_id, started_at, number)
+) WITHOUT ROWID;
