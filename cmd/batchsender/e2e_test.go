@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -351,5 +352,49 @@ func TestCLIActionsAndErrors(t *testing.T) {
 	}
 	if last := page.Data[0]; last.ID == b.ID || last.Status != batchsender.BatchCancelled || last.Total != 0 {
 		t.Fatalf("after a rejected upload the newest batch is %s %s with %d items, want a cancelled empty draft", last.ID, last.Status, last.Total)
+	}
+}
+
+func TestServeShutsDownPromptlyWithAnOpenEventStream(t *testing.T) {
+	t.Parallel()
+	recv := startReceiver(t)
+	s, c := webhookServer(t)
+	ctx := context.Background()
+	sendAt := time.Now().Add(time.Hour)
+	b, err := c.BatchCreate(ctx, client.BatchCreateRequest{
+		Module: "webhook", Connection: "hooks", Template: map[string]any{"url": recv.URL + "/later"},
+		Items: []any{map[string]any{"payload": 1}}, Options: &batchsender.BatchOptions{SendAt: &sendAt},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A stream of a batch that stays scheduled never ends on its own.
+	streaming := make(chan struct{})
+	streamErr := make(chan error, 1)
+	go func() {
+		var once sync.Once
+		streamErr <- c.Events(ctx, b.ID, func(batchsender.Batch) error {
+			once.Do(func() { close(streaming) })
+			return nil
+		})
+	}()
+	select {
+	case <-streaming:
+	case err := <-streamErr:
+		t.Fatalf("event stream ended before shutdown: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no event within 30s")
+	}
+	// Well under the HTTP shutdown timeout: the stream must not hold it up.
+	if err := s.shutdown(t, httpShutdownTimeout/2); err != nil {
+		t.Fatalf("shutdown: %v; stderr:\n%s", err, s.Stderr)
+	}
+	select {
+	case err := <-streamErr:
+		if err == nil {
+			t.Fatal("the stream of an unfinished batch ended without an error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the event stream did not end at shutdown")
 	}
 }

@@ -72,6 +72,25 @@ type testServer struct {
 	Stderr  *syncBuffer
 	stop    context.CancelFunc
 	done    chan error
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// shutdown stops the server as SIGTERM would (by ending run's context) and
+// returns what serve returned; it fails the test if serve takes longer than
+// timeout. Later calls return the first result.
+func (s *testServer) shutdown(t *testing.T, timeout time.Duration) error {
+	t.Helper()
+	s.stopOnce.Do(func() {
+		s.stop()
+		select {
+		case s.stopErr = <-s.done:
+		case <-time.After(timeout):
+			s.stopErr = fmt.Errorf("serve did not stop within %v", timeout)
+		}
+	})
+	return s.stopErr
 }
 
 var listenRE = regexp.MustCompile(`listening on (http://\S+)`)
@@ -95,14 +114,8 @@ func startServer(t *testing.T, extra env) *testServer {
 	s.stop = cancel
 	go func() { s.done <- run(ctx, []string{"serve"}, e.get, strings.NewReader(""), s.Stdout, s.Stderr) }()
 	t.Cleanup(func() {
-		s.stop()
-		select {
-		case err := <-s.done:
-			if err != nil {
-				t.Errorf("serve returned %v; stderr:\n%s", err, s.Stderr)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("serve did not stop within 30s; stderr:\n%s", s.Stderr)
+		if err := s.shutdown(t, 30*time.Second); err != nil {
+			t.Errorf("serve: %v; stderr:\n%s", err, s.Stderr)
 		}
 	})
 	var exited error
