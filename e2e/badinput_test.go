@@ -82,7 +82,7 @@ func TestBadInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var drafts []string // batches this test creates on purpose
+	var drafts []string                 // batches this test creates on purpose
 	okURL := "https://example.com/hook" // never contacted: those batches are rejected or stay drafts
 	post := func(body string) (Response, error) {
 		return c.Do(ctx, http.MethodPost, "/v1/batches", "application/json", strings.NewReader(body), nil)
