@@ -110,7 +110,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) (err 
 	}
 	if cfg.BootstrapKey != "" {
 		if err := auth.Bootstrap(ctx, st, cfg.BootstrapKey); err != nil {
-			return fmt.Errorf("bootstrap key: %w", err)
+			return fmt.Errorf("bootstrap key: %s", describe(err))
 		}
 	}
 
