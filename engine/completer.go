@@ -182,17 +182,25 @@ func (c *completer) flush(final bool) {
 	c.e.stats.written.Add(int64(written))
 	c.e.stats.ignored.Add(int64(len(results) - written))
 
+	// Tell each runner when its retries fall due: the earliest and the
+	// latest of each group; those between are found while the runner polls.
 	i := 0
 	for _, o := range owners {
-		var due time.Time
+		var first, last time.Time
 		for _, res := range results[i : i+o.n] {
-			if res.Status == batchsender.ItemPending && (due.IsZero() || res.NextAttemptAt.Before(due)) {
-				due = res.NextAttemptAt
+			if res.Status != batchsender.ItemPending {
+				continue
+			}
+			if first.IsZero() || res.NextAttemptAt.Before(first) {
+				first = res.NextAttemptAt
+			}
+			if res.NextAttemptAt.After(last) {
+				last = res.NextAttemptAt
 			}
 		}
 		i += o.n
-		if !due.IsZero() {
-			o.r.noteDue(due)
+		if !first.IsZero() {
+			o.r.noteDue(first, last)
 		}
 		c.e.settled(o.r, o.n)
 	}

@@ -74,6 +74,9 @@ const (
 	storeTimeout = 10 * time.Second
 	// leaderCheckEvery bounds how often LeaderTry is asked.
 	leaderCheckEvery = time.Second
+	// activateEvery is how often scheduled batches are looked at: send_at
+	// needs no finer grain, and the look is a write on SQLite.
+	activateEvery = time.Second
 )
 
 // Config configures an Engine. Store and Providers are required; zero values
@@ -304,11 +307,10 @@ func (e *Engine) shutdown() {
 // supervise runs the supervisor loop until ctx ends.
 func (e *Engine) supervise(ctx context.Context) {
 	var (
-		leader      bool
-		leaderAt    time.Time
-		lastRescue  time.Time
-		elector, _  = e.store.(batchsender.LeaderElector)
-		rescueEvery = e.cfg.LeaseDuration / 4
+		leader     bool
+		leaderAt   time.Time
+		m          maintenance
+		elector, _ = e.store.(batchsender.LeaderElector)
 	)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -330,7 +332,7 @@ func (e *Engine) supervise(ctx context.Context) {
 			leader, leaderAt = ok && err == nil, now
 		}
 		if leader {
-			e.maintain(ctx, now, &lastRescue, rescueEvery)
+			e.maintain(ctx, now, &m)
 		}
 		e.startRunners(ctx)
 		if !timer.Stop() {
@@ -343,21 +345,40 @@ func (e *Engine) supervise(ctx context.Context) {
 	}
 }
 
-// maintain does the work only one node should do: scheduling and lease
-// rescue.
-func (e *Engine) maintain(ctx context.Context, now time.Time, lastRescue *time.Time, every time.Duration) {
-	n, err := e.store.BatchesActivateDue(ctx, now)
-	switch {
-	case err != nil && ctx.Err() == nil:
-		e.log.Error("activating scheduled batches", slog.Any("error", err))
-	case n > 0:
-		e.log.Info("scheduled batches started", slog.Int("batches", n))
+// maintenance remembers when the supervisor last did each maintenance task.
+type maintenance struct {
+	activated, rescued time.Time
+}
+
+// due reports whether a task last done at *last is due again, and if so
+// marks it done now. A clock that went back makes it due.
+func due(last *time.Time, now time.Time, every time.Duration) bool {
+	if !last.IsZero() && now.Sub(*last) < every && !now.Before(*last) {
+		return false
 	}
-	if now.Sub(*lastRescue) < every && !now.Before(*lastRescue) {
+	*last = now
+	return true
+}
+
+// maintain does the work only one node should do: starting scheduled
+// batches (every activateEvery) and rescuing expired leases (every quarter
+// of LeaseDuration, so that an item waits at most 1.25 leases after its
+// worker died).
+func (e *Engine) maintain(ctx context.Context, now time.Time, m *maintenance) {
+	if due(&m.activated, now, max(activateEvery, e.cfg.PollInterval)) {
+		n, err := e.store.BatchesActivateDue(ctx, now)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			e.log.Error("activating scheduled batches", slog.Any("error", err))
+		case n > 0:
+			e.log.Info("scheduled batches started", slog.Int("batches", n))
+			// Their runners start in this same tick.
+		}
+	}
+	if !due(&m.rescued, now, e.cfg.LeaseDuration/4) {
 		return
 	}
-	*lastRescue = now
-	n, err = e.store.LeasesRescue(ctx, now)
+	n, err := e.store.LeasesRescue(ctx, now)
 	switch {
 	case err != nil && ctx.Err() == nil:
 		e.log.Error("rescuing expired leases", slog.Any("error", err))

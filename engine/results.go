@@ -29,7 +29,7 @@ func (r *runner) classify(it batchsender.Item, res sdk.Result, started time.Time
 	}
 	out := batchsender.ItemResult{
 		ItemID:  it.ID,
-		BatchID: it.BatchID,
+		BatchID: r.batch.ID,
 		Owner:   r.e.cfg.NodeID,
 		Attempt: batchsender.Attempt{
 			ItemID:     it.ID,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -38,9 +39,13 @@ type runner struct {
 	looping     bool
 	outstanding int // claimed items whose results are not written yet
 
-	dueMu   sync.Mutex
-	nextDue time.Time // earliest retry this runner wrote, zero if none
+	dueMu sync.Mutex
+	dues  []time.Time // due times of retries this runner wrote, sorted, at most maxDues
 }
+
+// maxDues bounds the due times a runner remembers; items due at times it
+// forgot are found by its idle polling.
+const maxDues = 64
 
 func newRunner(e *Engine, b batchsender.Batch) *runner {
 	return &runner{
@@ -61,14 +66,42 @@ func (r *runner) poke() {
 	}
 }
 
-// noteDue tells the runner that one of its items falls due again at t.
-func (r *runner) noteDue(t time.Time) {
+// noteDue tells the runner that some of its items fall due again at the
+// given times.
+func (r *runner) noteDue(ts ...time.Time) {
 	r.dueMu.Lock()
-	if r.nextDue.IsZero() || t.Before(r.nextDue) {
-		r.nextDue = t
+	for _, t := range ts {
+		i, found := slices.BinarySearchFunc(r.dues, t, time.Time.Compare)
+		if !found && i < maxDues {
+			r.dues = slices.Insert(r.dues, i, t)
+		}
+	}
+	if len(r.dues) > maxDues {
+		r.dues = r.dues[:maxDues]
 	}
 	r.dueMu.Unlock()
 	r.poke()
+}
+
+// untilDue returns how long until the next remembered due time after now,
+// forgetting those that passed, and false if none is known.
+func (r *runner) untilDue(now time.Time) (time.Duration, bool) {
+	r.dueMu.Lock()
+	defer r.dueMu.Unlock()
+	i := 0
+	for i < len(r.dues) && !r.dues[i].After(now) {
+		i++
+	}
+	passed := i > 0
+	r.dues = r.dues[i:]
+	switch {
+	case passed:
+		// Something fell due while the runner looked: claim again now.
+		return 0, true
+	case len(r.dues) == 0:
+		return 0, false
+	}
+	return r.dues[0].Sub(now), true
 }
 
 // loop claims and sends until the batch is not runnable or ctx ends.
@@ -106,13 +139,9 @@ func (r *runner) loop(ctx context.Context) {
 			idle = min(idle*2, max(maxIdleSleep, r.e.cfg.PollInterval))
 		}
 		d := jitter(idle)
-		r.dueMu.Lock()
-		if !r.nextDue.IsZero() {
-			if until := r.nextDue.Sub(r.e.now()); until < d {
-				d = until
-			}
+		if until, ok := r.untilDue(r.e.now()); ok && until < d {
+			d = until
 		}
-		r.dueMu.Unlock()
 		t := time.NewTimer(d)
 		select {
 		case <-ctx.Done():
