@@ -63,7 +63,6 @@ func (b *syncBuffer) String() string {
 // bundle is one test's fresh world: a store, a server on loopback, two
 // projects with a key each, and the OpenAPI document to check traffic with.
 type bundle struct {
-	t            *testing.T
 	store        *sqlite.Store
 	srv          *httptest.Server
 	waker        *countingWaker
@@ -108,10 +107,10 @@ func withEngine() setupOption {
 	return func(b *bundle) { b.runEngine, b.allowPrivate = true, true }
 }
 
-func setup(t *testing.T, opts ...setupOption) *bundle {
+func setup(t testing.TB, opts ...setupOption) *bundle {
 	t.Helper()
 	ctx := context.Background()
-	b := &bundle{t: t, waker: &countingWaker{}, logs: &syncBuffer{}}
+	b := &bundle{waker: &countingWaker{}, logs: &syncBuffer{}}
 	for _, o := range opts {
 		o(b)
 	}
@@ -192,7 +191,7 @@ func setup(t *testing.T, opts ...setupOption) *bundle {
 
 // loadRouter parses and validates the served OpenAPI document and points it
 // at the test server.
-func loadRouter(t *testing.T, serverURL string) routers.Router {
+func loadRouter(t testing.TB, serverURL string) routers.Router {
 	t.Helper()
 	loader := openapi3.NewLoader()
 	doc, err := loader.LoadFromData(httpapi.OpenAPIDocument())
