@@ -65,8 +65,10 @@ const (
 	// token before its call starts.
 	claimHorizon = time.Second
 	// maxIdleSleep bounds how long a runner with nothing due sleeps between
-	// looks, when it does not know when its next item falls due.
-	maxIdleSleep = 2 * time.Second
+	// looks, when it does not know when its next item falls due: a retry
+	// whose due time the runner forgot (see maxDues) or wrote before a
+	// restart is at most this late. Each look is a claim, a write on SQLite.
+	maxIdleSleep = 5 * time.Second
 	// prepareBackoff is how long a batch whose runner could not start (a
 	// store error) waits before the next try.
 	prepareBackoff = 5 * time.Second

@@ -372,7 +372,7 @@ func TestEngine(t *testing.T) {
 		t.Parallel()
 		f := setup(t, "test.single")
 		f.ctl.send = each(func(context.Context, sdk.Item) sdk.Result {
-			time.Sleep(2 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond)
 			return sdk.OK("m")
 		})
 		b := f.batch(t, 80, batchsender.BatchRunning, batchsender.BatchOptions{Concurrency: 2})
@@ -405,7 +405,7 @@ func TestEngine(t *testing.T) {
 		t.Parallel()
 		f := setup(t, "test.single")
 		f.ctl.send = each(func(context.Context, sdk.Item) sdk.Result {
-			time.Sleep(2 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond)
 			return sdk.OK("m")
 		})
 		b := f.batch(t, 80, batchsender.BatchRunning, batchsender.BatchOptions{Concurrency: 2})
@@ -461,14 +461,7 @@ func TestEngine(t *testing.T) {
 		t.Run("Batch", func(t *testing.T) {
 			t.Parallel()
 			f := setup(t, "test.single") // connection allows 8
-			// Each call waits a while for others to join it, so the limit is
-			// reached whenever the engine allows it, however slow the machine.
-			f.ctl.send = each(func(context.Context, sdk.Item) sdk.Result {
-				for deadline := time.Now().Add(100 * time.Millisecond); f.ctl.inFlight.Load() < 3 && time.Now().Before(deadline); {
-					time.Sleep(time.Millisecond)
-				}
-				return sdk.OK("m")
-			})
+			f.ctl.send = barrier(f.ctl, 3)
 			b := f.batch(t, 60, batchsender.BatchRunning, batchsender.BatchOptions{Concurrency: 3})
 			f.engine(t, engine.Config{})
 			f.waitStatus(t, b.ID, batchsender.BatchCompleted)
@@ -479,7 +472,7 @@ func TestEngine(t *testing.T) {
 		t.Run("ConnectionSharedByBatches", func(t *testing.T) {
 			t.Parallel()
 			f := setup(t, "test.chunked") // connection allows 4
-			f.ctl.send = slow
+			f.ctl.send = barrier(f.ctl, 4)
 			var ids []string
 			for range 3 {
 				ids = append(ids, f.batch(t, 60, batchsender.BatchRunning, batchsender.BatchOptions{}).ID)
@@ -532,11 +525,11 @@ func TestEngine(t *testing.T) {
 		var once sync.Once
 		f.ctl.send = each(func(ctx context.Context, it sdk.Item) sdk.Result {
 			once.Do(func() { close(started) })
-			<-ctx.Done() // a call that only ends when cancelled
+			<-ctx.Done() // calls only end when cancelled
 			return sdk.Retry(ctx.Err())
 		})
-		// 2 calls/s: the first call starts at once, the next ones wait
-		// for tokens 500ms and 1s ahead, claimed but unsent.
+		// 2 calls/s: the first call starts at once; the claim also takes
+		// the items for tokens 500ms and 1s ahead, which wait unsent.
 		b := f.batch(t, 20, batchsender.BatchRunning, batchsender.BatchOptions{RatePerSecond: 2})
 		e, stop := f.engine(t, engine.Config{ShutdownGrace: 50 * time.Millisecond})
 		select {
@@ -544,17 +537,16 @@ func TestEngine(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Fatal("no call started")
 		}
-		claimed := e.Stats().ItemsClaimed
 		stop()
 		st := e.Stats()
-		if st.Released == 0 || st.Released != claimed-1 || st.Calls != 1 {
-			t.Fatalf("stats after shutdown = %+v; %d were claimed when it began, want all but the one sent released", st, claimed)
+		if st.Released == 0 || st.Released != st.ItemsClaimed-st.Calls {
+			t.Fatalf("stats after shutdown = %+v: want every claimed item that was not sent released", st)
 		}
 		b = f.get(t, b.ID)
 		if b.Counts.InFlight != 0 || b.Counts.Pending != 20 || b.Status != batchsender.BatchRunning {
 			t.Fatalf("batch %s counts %+v, want all 20 pending again", b.Status, b.Counts)
 		}
-		sent := 0
+		var sent int64
 		for _, it := range f.items(t, b.ID) {
 			switch it.Attempts {
 			case 0:
@@ -567,8 +559,8 @@ func TestEngine(t *testing.T) {
 				t.Fatalf("item %+v has attempts left over from release", it)
 			}
 		}
-		if sent != 1 {
-			t.Fatalf("%d items count an attempt, want only the one whose call was cancelled", sent)
+		if sent != st.Calls {
+			t.Fatalf("%d items count an attempt, want the %d that were sent (their calls cancelled)", sent, st.Calls)
 		}
 	})
 
@@ -705,6 +697,18 @@ func TestEngine(t *testing.T) {
 		if b.Counts.Succeeded != 10 || e.Stats().Rescued != 10 {
 			t.Fatalf("counts = %+v, stats %+v", b.Counts, e.Stats())
 		}
+	})
+}
+
+// barrier makes each call wait a while for n calls to be in flight, so that
+// a concurrency limit of n is reached whenever the engine allows it, however
+// slow the machine.
+func barrier(c *control, n int64) func(context.Context, []sdk.Item) []sdk.Result {
+	return each(func(context.Context, sdk.Item) sdk.Result {
+		for deadline := time.Now().Add(100 * time.Millisecond); c.inFlight.Load() < n && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		return sdk.OK("m")
 	})
 }
 
