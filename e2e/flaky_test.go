@@ -4,6 +4,7 @@ import (
 	"context"
 	"hash/fnv"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -50,11 +51,14 @@ func TestFlakyReceiver(t *testing.T) {
 	recv := startReceiver(t, ReceiverOptions{
 		Secret:      secret,
 		RecordTimes: true,
-		Behavior: func(id string, attempt int) Action {
-			if attempt > 1 {
+		Behavior: func(c Call) Action {
+			if c.Path == "/down" {
+				return Action{Status: http.StatusServiceUnavailable}
+			}
+			if c.Attempt > 1 {
 				return Action{}
 			}
-			switch flakyKindOf(id) {
+			switch flakyKindOf(c.ID) {
 			case flaky503:
 				return Action{Status: http.StatusServiceUnavailable}
 			case flaky429:
@@ -146,6 +150,44 @@ func TestFlakyReceiver(t *testing.T) {
 			t.Errorf("no item of kind %d: the test proves nothing about it", k)
 		}
 	}
+	t.Run("StopsAtMaxAttemptsWhenTheReceiverStaysDown", func(t *testing.T) {
+		const down, attempts = 5, 4
+		var inline []map[string]any
+		for i := range down {
+			inline = append(inline, map[string]any{"payload": map[string]any{"n": i}})
+		}
+		b, err := c.CreateBatch(ctx, map[string]any{
+			"module": "webhook", "connection": "hooks",
+			"template": map[string]any{"url": recv.URL + "/down"},
+			"items":    inline,
+			"options":  map[string]any{"max_attempts": attempts, "retry_base_delay": "50ms", "retry_max_delay": "200ms"},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err = c.WaitBatch(ctx, b.ID, time.Minute, func(b Batch) bool { return b.Status == "completed" })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Counts.Failed != down {
+			t.Fatalf("counts %+v, want %d failed", b.Counts, down)
+		}
+		failed, err := c.ListItems(ctx, b.ID, "failed")
+		if err != nil {
+			t.Fatal(err)
+		}
+		deliveries := recv.Deliveries()
+		for _, it := range failed {
+			if it.Attempts != attempts || deliveries[it.ID].Count != attempts || !strings.Contains(it.LastError, "503") {
+				t.Errorf("item %s: %d attempts, %d requests received, last error %q; want %d and a 503",
+					it.ID, it.Attempts, deliveries[it.ID].Count, it.LastError, attempts)
+			}
+		}
+		if len(failed) != down {
+			t.Errorf("listed %d failed items, want %d", len(failed), down)
+		}
+	})
+
 	t.Logf("items by first-attempt behaviour (ok, 503, 429, slow): %d %d %d %d; requests %d",
 		seen[flakyOK], seen[flaky503], seen[flaky429], seen[flakyTooSlow], recv.Requests())
 }

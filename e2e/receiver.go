@@ -32,10 +32,15 @@ type Action struct {
 	Sleep      time.Duration // wait this long (or until the client gives up) before answering
 }
 
-// Behavior decides the answer to one delivery; attempt counts the requests
-// the receiver has seen for that webhook-id, starting at 1. It is called
-// concurrently.
-type Behavior func(webhookID string, attempt int) Action
+// Call describes one delivery to a Behavior.
+type Call struct {
+	ID      string // webhook-id
+	Path    string // URL path the request was sent to
+	Attempt int    // requests seen with this webhook-id so far, this one included
+}
+
+// Behavior decides the answer to one delivery. It is called concurrently.
+type Behavior func(Call) Action
 
 // Delivery is what the receiver knows about one webhook-id.
 type Delivery struct {
@@ -151,7 +156,7 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 
 	var act Action
 	if r.behavior != nil {
-		act = r.behavior(id, attempt)
+		act = r.behavior(Call{ID: id, Path: req.URL.Path, Attempt: attempt})
 	}
 	if act.Sleep > 0 {
 		t := time.NewTimer(act.Sleep)

@@ -96,8 +96,8 @@ func TestReceiverVerifiesRecordsAndAnswers(t *testing.T) {
 	r := startReceiver(t, ReceiverOptions{
 		Secret:      vectorSecret,
 		RecordTimes: true,
-		Behavior: func(id string, attempt int) Action {
-			if attempt == 1 {
+		Behavior: func(c Call) Action {
+			if c.Attempt == 1 {
 				return Action{Status: http.StatusTooManyRequests, RetryAfter: "1"}
 			}
 			return Action{}

@@ -61,7 +61,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	host, _ := os.Hostname()
-	fmt.Fprintf(stdout, "date %s, host %s, %d CPUs\n", time.Now().UTC().Format(time.RFC3339), host, numCPU())
+	fmt.Fprintf(stdout, "date %s, host %s, %d CPUs, load average %s\n", time.Now().UTC().Format(time.RFC3339), host, numCPU(), loadAvg())
+	defer func() { fmt.Fprintf(stdout, "load average at the end %s\n", loadAvg()) }()
 	if *items > 0 {
 		res, err := benchmarks.RunFanout(ctx, cfg)
 		if err != nil {
@@ -83,6 +84,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// loadAvg returns the 1, 5 and 15 minute load averages: figures taken on a
+// busy machine say so.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func numCPU() int {
