@@ -279,14 +279,21 @@ func TestBodyLimits(t *testing.T) {
 			"provider": "test.echo", "name": "big", "config": map[string]any{"region": big},
 		}, badRequest: true}).expectProblem(t, http.StatusRequestEntityTooLarge)
 	})
+	t.Run("ChunkedJSONBodyOverLimitIs413", func(t *testing.T) {
+		b.do(t, call{method: "POST", path: "/v1/batches", chunked: true, json: map[string]any{
+			"module": "test", "connection": "hooks", "items": []map[string]any{{"to": big}},
+		}}).expectProblem(t, http.StatusRequestEntityTooLarge, "2048")
+	})
 	t.Run("UploadOverLimitIs413AndKeepsNothing", func(t *testing.T) {
 		d := b.batch(t, map[string]any{"module": "test", "connection": "hooks"})
 		var ndjson strings.Builder
 		for i := 0; ndjson.Len() < 5000; i++ {
 			fmt.Fprintf(&ndjson, "{\"to\":\"r%d\"}\n", i)
 		}
-		b.do(t, call{method: "POST", path: "/v1/batches/" + d.ID + "/items", body: ndjson.String(), contentType: "application/x-ndjson"}).
-			expectProblem(t, http.StatusRequestEntityTooLarge, "4096")
+		for _, chunked := range []bool{false, true} {
+			b.do(t, call{method: "POST", path: "/v1/batches/" + d.ID + "/items", body: ndjson.String(), contentType: "application/x-ndjson", chunked: chunked}).
+				expectProblem(t, http.StatusRequestEntityTooLarge, "4096")
+		}
 		if got := b.getBatch(t, d.ID); got.Total != 0 || got.Status != "draft" {
 			t.Fatalf("after a refused upload the batch is %+v", got)
 		}

@@ -111,15 +111,15 @@ func (s *server) writeProblem(w http.ResponseWriter, r *http.Request, p problem)
 		}
 		w.Header().Set("WWW-Authenticate", challenge)
 	}
-	body, err := json.Marshal(p)
+	body, err := marshal(p)
 	if err != nil { // cannot happen with these field types
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)+1))
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(p.Status)
-	_, _ = w.Write(append(body, '\n'))
+	_, _ = w.Write(body)
 }
 
 // newErrorID returns a short random ID that ties a 500 to its log line.
@@ -131,15 +131,27 @@ func newErrorID() string {
 
 // encode writes v as a JSON response with the status.
 func (s *server) encode(w http.ResponseWriter, r *http.Request, status int, v any) {
-	body, err := json.Marshal(v)
+	body, err := marshal(v)
 	if err != nil {
 		s.writeError(w, r, fmt.Errorf("encoding %T response: %w", v, err))
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)+1))
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
-	_, _ = w.Write(append(body, '\n'))
+	_, _ = w.Write(body)
+}
+
+// marshal encodes v as one line of JSON. HTML characters stay as they are:
+// this is an API, and "<API key>" reads better than "\u003cAPI key\u003e".
+func marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // validator is a request type that checks itself after decoding.
@@ -158,6 +170,9 @@ func decode[T any, P interface {
 	var v T
 	if err := checkJSONContentType(r); err != nil {
 		return v, err
+	}
+	if r.ContentLength > limit {
+		return v, tooLarge(limit) // refused before a byte of it is read
 	}
 	body := http.MaxBytesReader(w, r.Body, limit)
 	dec := json.NewDecoder(body)

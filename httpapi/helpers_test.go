@@ -223,6 +223,8 @@ type call struct {
 	badRequest bool
 	// unrouted marks a path the document does not describe at all.
 	unrouted bool
+	// chunked sends the body without a Content-Length.
+	chunked bool
 }
 
 // response is what came back.
@@ -276,7 +278,11 @@ func (b *bundle) do(t *testing.T, c call) *response {
 	case c.body != "":
 		body = []byte(c.body)
 	}
-	req, err := http.NewRequest(c.method, b.srv.URL+c.path, bytes.NewReader(body))
+	var rd io.Reader = bytes.NewReader(body)
+	if c.chunked {
+		rd = struct{ io.Reader }{rd} // hides the length from http.NewRequest
+	}
+	req, err := http.NewRequest(c.method, b.srv.URL+c.path, rd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,6 +315,9 @@ func (b *bundle) do(t *testing.T, c call) *response {
 				t.Fatalf("%s %s: the request does not match the OpenAPI document: %v", c.method, c.path, err)
 			}
 			req.Body = io.NopCloser(bytes.NewReader(body)) // the validator read it
+			if c.chunked {
+				req.Body = io.NopCloser(struct{ io.Reader }{bytes.NewReader(body)})
+			}
 		}
 	}
 

@@ -47,6 +47,9 @@ type requestInfo struct {
 
 type requestInfoKey struct{}
 
+// quietRoutes are polled by machines; their successes are logged at debug.
+var quietRoutes = map[string]bool{"GET /healthz": true, "GET /readyz": true, "GET /metrics": true}
+
 // observe logs one line per request and counts it in the metrics. It never
 // logs headers, query strings or bodies: they may carry keys or secrets.
 func (s *server) observe(next http.Handler) http.Handler {
@@ -77,8 +80,11 @@ func (s *server) observe(next http.Handler) http.Handler {
 			attrs = append(attrs, slog.String("key_id", info.keyID), slog.String("project_id", info.projectID))
 		}
 		level := slog.LevelInfo
-		if sw.status >= 500 {
+		switch {
+		case sw.status >= 500:
 			level = slog.LevelError
+		case quietRoutes[route]:
+			level = slog.LevelDebug // probes and scrapes would drown the log
 		}
 		s.Logger.LogAttrs(r.Context(), level, "http request", attrs...)
 	})

@@ -33,6 +33,10 @@ func (s *server) handleItemsUpload() http.Handler {
 				ct, mediaNDJSON, mediaCSV))
 			return
 		}
+		if r.ContentLength > s.MaxUploadBytes {
+			s.writeError(w, r, tooLarge(s.MaxUploadBytes))
+			return
+		}
 		b, err := s.Store.BatchGetByID(r.Context(), pid, id)
 		if err != nil {
 			s.writeError(w, r, err)
