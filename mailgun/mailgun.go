@@ -1,0 +1,387 @@
+// Package mailgun is the email.mailgun provider: it sends a chunk of up to
+// 1,000 rendered messages in one call to Mailgun's Messages API
+// (POST /v3/{domain}/messages, multipart/form-data) using batch sending:
+// every recipient is a "to" and "recipient-variables" carries each one's
+// rendered subject, bodies, List-Unsubscribe and custom headers, referenced
+// as %recipient.key% in the message, so Mailgun sends an individual message
+// per recipient. 1,000 items take one API call.
+//
+// recipient-variables is keyed by address, so a repeated recipient goes to
+// the next call; items with a different sender go in separate calls. Each
+// message carries the item ID as the custom variable batchsender_item_id
+// (v:, echoed in Mailgun's events as user-variables). Mailgun answers one
+// id for the whole call, which every item of the call gets; a rejected call
+// fails all its items. There is no idempotency key: a timeout after the
+// request left is Unknown.
+package mailgun
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"mime/multipart"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/batchsender/batchsender/email"
+	"github.com/batchsender/batchsender/sdk"
+)
+
+// ID is the provider ID.
+const ID = "email.mailgun"
+
+// Defaults and limits.
+const (
+	DefaultBaseURL = "https://api.mailgun.net"
+	DefaultTimeout = 60 * time.Second
+	// MaxRecipients is Mailgun's limit of recipients per batch call.
+	MaxRecipients = 1000
+	// VariableName is the custom variable carrying the item ID.
+	VariableName = "batchsender_item_id"
+	// maxCallBytes keeps a call well under Mailgun's 25 MB message size.
+	maxCallBytes = 20 << 20
+)
+
+func init() {
+	sdk.Register(sdk.Registration{ID: ID, New: func() sdk.Provider { return new(Provider) }})
+}
+
+// Config is an email.mailgun connection's configuration.
+type Config struct {
+	// BaseURL overrides the API endpoint (default https://api.mailgun.net;
+	// EU: https://api.eu.mailgun.net).
+	BaseURL string `json:"base_url,omitempty"`
+	// Domain is the sending domain (required).
+	Domain string `json:"domain"`
+	// Tags are set on every message (o:tag, at most 3).
+	Tags []string `json:"tags,omitempty"`
+	// TestMode makes Mailgun accept without delivering (o:testmode).
+	TestMode bool `json:"test_mode,omitempty"`
+	// Timeout bounds one API call (default 60s, at most 5m).
+	Timeout Duration `json:"timeout,omitempty"`
+	// UnsubscribeMailto is an optional address added to List-Unsubscribe.
+	UnsubscribeMailto string `json:"unsubscribe_mailto,omitempty"`
+}
+
+// Secrets are an email.mailgun connection's secrets.
+type Secrets struct {
+	// APIKey is the Mailgun API key (HTTP Basic password, user "api").
+	APIKey string `json:"api_key"`
+}
+
+// Provider is one email.mailgun connection.
+type Provider struct {
+	cfg     Config
+	key     string
+	url     string
+	timeout time.Duration
+	client  *http.Client
+	env     sdk.Env
+}
+
+// Info implements sdk.Provider. Mailgun publishes no fixed request rate
+// for sending; 10 calls per second is up to 10,000 messages per second.
+func (p *Provider) Info() sdk.Info {
+	return sdk.Info{
+		ID:                 ID,
+		Title:              "Mailgun (batch sending with recipient variables)",
+		MaxChunk:           MaxRecipients,
+		DefaultRate:        10,
+		DefaultConcurrency: 4,
+		BillableUnit:       "message",
+		ConfigSchema: json.RawMessage(`{"type":"object","required":["domain"],"additionalProperties":false,"properties":{
+  "base_url":{"type":"string","format":"uri","description":"API endpoint override (default https://api.mailgun.net)"},
+  "domain":{"type":"string","description":"Sending domain"},
+  "tags":{"type":"array","maxItems":3,"items":{"type":"string"}},
+  "test_mode":{"type":"boolean"},
+  "timeout":{"type":"string","description":"Per-call timeout, e.g. \"60s\""},
+  "unsubscribe_mailto":{"type":"string","description":"Address added to List-Unsubscribe"}}}`),
+		SecretsSchema: json.RawMessage(`{"type":"object","required":["api_key"],"additionalProperties":false,"properties":{
+  "api_key":{"type":"string","description":"Mailgun API key"}}}`),
+		ItemSchema: email.ItemSchema,
+	}
+}
+
+// Provision implements sdk.Provider.
+func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
+	var cfg Config
+	if err := sdk.DecodeStrict(env.Config, &cfg); err != nil {
+		return decodeErr("config", err)
+	}
+	var sec Secrets
+	if err := sdk.DecodeStrict(env.Secrets, &sec); err != nil {
+		return decodeErr("secrets", err)
+	}
+	if cfg.Domain == "" || strings.ContainsAny(cfg.Domain, "/?#% \t\r\n") {
+		return errors.New("config: domain is required, a domain name such as mg.example.com")
+	}
+	if len(cfg.Tags) > 3 {
+		return errors.New("config: tags: at most 3")
+	}
+	if sec.APIKey == "" {
+		return errors.New("secrets: api_key is required")
+	}
+	u, err := parseBaseURL(cfg.BaseURL, DefaultBaseURL, env.AllowPrivateNetworks)
+	if err != nil {
+		return err
+	}
+	if cfg.UnsubscribeMailto != "" {
+		if _, err := email.ParseAddress(cfg.UnsubscribeMailto); err != nil {
+			return fmt.Errorf("config: unsubscribe_mailto: %w", err)
+		}
+	}
+	p.timeout = time.Duration(cfg.Timeout)
+	if p.timeout == 0 {
+		p.timeout = DefaultTimeout
+	}
+	if env.Now == nil {
+		env.Now = time.Now
+	}
+	p.cfg, p.key, p.env = cfg, sec.APIKey, env
+	p.url = u.String() + "/v3/" + url.PathEscape(cfg.Domain) + "/messages"
+	p.client = newClient(env, p.timeout)
+	return nil
+}
+
+// Compile implements sdk.Provider.
+func (p *Provider) Compile(template json.RawMessage) (sdk.Sender, error) {
+	c, err := email.Compile(template, email.Options{
+		UnsubscribeURL:    p.env.UnsubscribeURL,
+		UnsubscribeMailto: p.cfg.UnsubscribeMailto,
+		Now:               p.env.Now,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &sender{p: p, tmpl: c}, nil
+}
+
+// Close implements sdk.Provider.
+func (p *Provider) Close() error {
+	if p.client != nil {
+		p.client.CloseIdleConnections()
+	}
+	return nil
+}
+
+type sender struct {
+	p    *Provider
+	tmpl *email.Compiled
+}
+
+// ValidateItem renders the item without sending it.
+func (s *sender) ValidateItem(data json.RawMessage) error { return s.tmpl.ValidateItem(data) }
+
+type rendered struct {
+	i       int
+	id      string
+	m       *email.Message
+	text    string
+	html    string
+	headers []email.Header
+}
+
+type call struct {
+	items []rendered
+	addrs map[string]bool
+	size  int
+}
+
+// Send implements sdk.Sender.
+func (s *sender) Send(ctx context.Context, items []sdk.Item) []sdk.Result {
+	res := make([]sdk.Result, len(items))
+	var calls []*call
+	groups := map[string][]*call{}
+	for i, it := range items {
+		m, err := s.tmpl.Render(it.ID, it.Data)
+		if err != nil {
+			res[i] = sdk.Permanent(fmt.Errorf("rendering: %w", err))
+			continue
+		}
+		text, html := bodies(m)
+		r := rendered{i: i, id: it.ID, m: m, text: text, html: html, headers: append(unsubscribeHeaders(m), m.Headers...)}
+		k := m.From.String()
+		for _, a := range m.ReplyTo {
+			k += "\x00" + a.String()
+		}
+		// Items of one call share the custom header names.
+		for _, h := range r.headers {
+			k += "\x00" + h.Name
+		}
+		addr := strings.ToLower(m.To[0].Address)
+		size := len(text) + len(html) + len(m.Subject) + 512
+		var target *call
+		for _, c := range groups[k] {
+			if !c.addrs[addr] && len(c.items) < MaxRecipients && c.size+size <= maxCallBytes {
+				target = c
+				break
+			}
+		}
+		if target == nil {
+			target = &call{addrs: map[string]bool{}}
+			groups[k] = append(groups[k], target)
+			calls = append(calls, target)
+		}
+		target.items = append(target.items, r)
+		target.addrs[addr] = true
+		target.size += size
+	}
+	for _, c := range calls {
+		s.send(ctx, c, res)
+	}
+	return res
+}
+
+// field is one form field: the same value for every item, or a
+// per-recipient variable.
+func field(c *call, vars []map[string]string, name string, get func(r rendered) string) string {
+	first := get(c.items[0])
+	same := true
+	for _, r := range c.items[1:] {
+		if get(r) != first {
+			same = false
+			break
+		}
+	}
+	if same {
+		return first
+	}
+	for k, r := range c.items {
+		vars[k][name] = get(r)
+	}
+	return "%recipient." + name + "%"
+}
+
+// body builds a call's multipart form.
+func (s *sender) body(c *call) (*bytes.Buffer, string, error) {
+	var buf bytes.Buffer
+	w := multipart.NewWriter(&buf)
+	add := func(name, value string) {
+		_ = w.WriteField(name, value)
+	}
+	first := c.items[0]
+	vars := make([]map[string]string, len(c.items))
+	for k, r := range c.items {
+		// Every recipient needs variables, even empty, for Mailgun to
+		// send individual messages.
+		vars[k] = map[string]string{"bs_item": r.id}
+	}
+	add("from", first.m.From.String())
+	// One comma-separated "to" (Mailgun takes both forms): fewer form
+	// parts to build and parse.
+	to := make([]string, len(c.items))
+	for k, r := range c.items {
+		to[k] = r.m.To[0].String()
+	}
+	add("to", strings.Join(to, ", "))
+	if len(first.m.ReplyTo) > 0 {
+		add("h:Reply-To", first.m.ReplyTo[0].String())
+	}
+	add("subject", field(c, vars, "bs_subject", func(r rendered) string { return r.m.Subject }))
+	add("text", field(c, vars, "bs_text", func(r rendered) string { return r.text }))
+	if first.html != "" {
+		add("html", field(c, vars, "bs_html", func(r rendered) string { return r.html }))
+	}
+	for j, h := range first.headers {
+		add("h:"+h.Name, field(c, vars, "bs_h"+strconv.Itoa(j), func(r rendered) string { return r.headers[j].Value }))
+	}
+	if len(c.items) == 1 {
+		add("v:"+VariableName, first.id)
+	} else {
+		add("v:"+VariableName, "%recipient.bs_item%")
+	}
+	for _, t := range s.p.cfg.Tags {
+		add("o:tag", t)
+	}
+	if s.p.cfg.TestMode {
+		add("o:testmode", "yes")
+	}
+	rv := make(map[string]map[string]string, len(c.items))
+	for k, r := range c.items {
+		rv[r.m.To[0].Address] = vars[k]
+	}
+	raw, err := json.Marshal(rv)
+	if err != nil {
+		return nil, "", err
+	}
+	add("recipient-variables", string(raw))
+	for _, a := range first.m.Attachments {
+		h := make(textproto.MIMEHeader)
+		h.Set("Content-Disposition", fmt.Sprintf(`form-data; name="attachment"; filename=%q`, a.Filename))
+		ct := a.ContentType
+		if ct == "" {
+			ct = "application/octet-stream"
+		}
+		h.Set("Content-Type", ct)
+		part, err := w.CreatePart(h)
+		if err != nil {
+			return nil, "", err
+		}
+		_, _ = part.Write(a.Content)
+	}
+	if err := w.Close(); err != nil {
+		return nil, "", err
+	}
+	return &buf, w.FormDataContentType(), nil
+}
+
+func (s *sender) send(ctx context.Context, c *call, res []sdk.Result) {
+	set := func(r sdk.Result) {
+		for _, it := range c.items {
+			res[it.i] = r
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		set(sdk.Retry(fmt.Errorf("not sent: %w", err)))
+		return
+	}
+	body, ctype, err := s.body(c)
+	if err != nil {
+		set(sdk.Permanent(fmt.Errorf("building the form: %w", err)))
+		return
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.p.url, body)
+	if err != nil {
+		set(sdk.Permanent(fmt.Errorf("building the request: %w", err)))
+		return
+	}
+	req.SetBasicAuth("api", s.p.key)
+	req.Header.Set("Content-Type", ctype)
+	a := do(ctx, s.p.client, s.p.timeout, req)
+	if a.err != nil {
+		set(transportResult(a, "posting messages", false))
+		return
+	}
+	var out struct {
+		ID      string `json:"id"`
+		Message string `json:"message"`
+	}
+	_ = json.Unmarshal(a.body, &out)
+	if a.status != http.StatusOK {
+		msg := out.Message
+		if msg == "" {
+			msg = strings.TrimSpace(snippet(a.body))
+		}
+		if msg == "" {
+			msg = http.StatusText(a.status)
+		}
+		set(statusResult(a, s.p.env.Now(), msg))
+		return
+	}
+	if out.ID == "" {
+		set(withAnswer(sdk.Unknown(errors.New("answer without a message id")), a))
+		return
+	}
+	id := strings.Trim(out.ID, "<>")
+	for _, it := range c.items {
+		r := sdk.OK(id)
+		r.StatusCode, r.Latency = a.status, a.latency
+		res[it.i] = r
+	}
+}
