@@ -64,6 +64,30 @@ func setup(t testing.TB, providerID string) *fixture {
 	return &fixture{ctx: ctx, store: s, cache: cache, project: p, conn: conn, ctl: ctl}
 }
 
+// tenant adds another project with its own connection to the fixture's
+// store, returned as a fixture of its own that shares store and cache.
+func (f *fixture) tenant(t *testing.T, name, providerID string) *fixture {
+	t.Helper()
+	p, err := f.store.ProjectCreate(f.ctx, name)
+	if err != nil {
+		t.Fatalf("creating project: %v", err)
+	}
+	key, ctl := newControl()
+	t.Cleanup(func() { controls.Delete(key) })
+	conn, err := f.store.ConnectionCreate(f.ctx, batchsender.ConnectionCreateParams{
+		ProjectID: p.ID,
+		Provider:  providerID,
+		Name:      "conn",
+		Config:    json.RawMessage(fmt.Sprintf(`{"key":%q}`, key)),
+	})
+	if err != nil {
+		t.Fatalf("creating connection: %v", err)
+	}
+	g := *f
+	g.project, g.conn, g.ctl = p, conn, ctl
+	return &g
+}
+
 // engine starts an engine on the fixture's store and stops it at cleanup.
 // It returns the engine and a stop function that shuts it down and waits.
 func (f *fixture) engine(t *testing.T, cfg engine.Config) (*engine.Engine, func()) {
@@ -71,7 +95,7 @@ func (f *fixture) engine(t *testing.T, cfg engine.Config) (*engine.Engine, func(
 	cfg.Store = f.store
 	cfg.Providers = f.cache
 	if cfg.PollInterval == 0 {
-		cfg.PollInterval = 50 * time.Millisecond
+		cfg.PollInterval = 100 * time.Millisecond
 	}
 	e, err := engine.New(cfg)
 	if err != nil {
@@ -165,11 +189,11 @@ func (f *fixture) attempts(t *testing.T, itemID string) []batchsender.Attempt {
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
+	for pause := 5 * time.Millisecond; !cond(); pause = min(pause*3/2, 100*time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting until %s", what)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(pause)
 	}
 }
 
@@ -430,8 +454,8 @@ func TestEngine(t *testing.T) {
 		// batches share that bucket.
 		f := setup(t, "test.limited")
 		t0 := time.Now()
-		b1 := f.batch(t, 50, batchsender.BatchRunning, batchsender.BatchOptions{})
-		b2 := f.batch(t, 50, batchsender.BatchRunning, batchsender.BatchOptions{})
+		b1 := f.batch(t, 30, batchsender.BatchRunning, batchsender.BatchOptions{})
+		b2 := f.batch(t, 30, batchsender.BatchRunning, batchsender.BatchOptions{})
 		f.engine(t, engine.Config{})
 		f.waitStatus(t, b1.ID, batchsender.BatchCompleted)
 		f.waitStatus(t, b2.ID, batchsender.BatchCompleted)
@@ -516,6 +540,30 @@ func TestEngine(t *testing.T) {
 			t.Fatalf("the small batch of 50 finished only after the huge one sent %d of 1500", h.Counts.Succeeded)
 		}
 		t.Logf("small batch done when the huge one had %d of 1500 done", h.Counts.Succeeded)
+	})
+
+	t.Run("SmallTenantIsNotStarvedByBigOne", func(t *testing.T) {
+		t.Parallel()
+		// Two projects, each its own connection; the process-wide limit of
+		// 2 calls in flight is what they share.
+		big := setup(t, "test.chunked")
+		small := big.tenant(t, "small", "test.chunked")
+		slow := each(func(context.Context, sdk.Item) sdk.Result {
+			time.Sleep(2 * time.Millisecond)
+			return sdk.OK("m")
+		})
+		big.ctl.send, small.ctl.send = slow, slow
+		huge := big.batch(t, 1500, batchsender.BatchRunning, batchsender.BatchOptions{})
+		e, _ := big.engine(t, engine.Config{MaxInFlight: 2})
+		waitFor(t, "the big tenant's batch is under way", func() bool { return big.get(t, huge.ID).Counts.Succeeded >= 100 })
+		b := small.batch(t, 50, batchsender.BatchRunning, batchsender.BatchOptions{})
+		e.Wake()
+		small.waitStatus(t, b.ID, batchsender.BatchCompleted)
+		h := big.get(t, huge.ID)
+		if h.Counts.Succeeded > 750 {
+			t.Fatalf("the small tenant's 50 items finished only after the big one sent %d of 1500", h.Counts.Succeeded)
+		}
+		t.Logf("small tenant done when the big one had %d of 1500 done", h.Counts.Succeeded)
 	})
 
 	t.Run("ShutdownReleasesUnsentItems", func(t *testing.T) {
