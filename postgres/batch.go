@@ -398,7 +398,11 @@ func (s *Store) BatchesActivateDue(ctx context.Context, now time.Time) (int, err
 				completed_at = CASE WHEN count_pending + count_in_flight = 0 THEN $1 END,
 				started_at = coalesce(started_at, $1),
 				updated_at = $1
-			WHERE status = 'scheduled' AND (send_at IS NULL OR send_at <= $1)`, ms(now))
+			WHERE id IN (
+				-- Lock in ID order, as every other writer of batch rows does.
+				SELECT id FROM batches WHERE status = 'scheduled' AND (send_at IS NULL OR send_at <= $1)
+				ORDER BY id FOR NO KEY UPDATE
+			)`, ms(now))
 		if err != nil {
 			return fmt.Errorf("activating scheduled batches: %w", err)
 		}

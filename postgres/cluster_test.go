@@ -231,3 +231,127 @@ func TestWorkWaitWakesOnSignalsFromOtherPools(t *testing.T) {
 	}
 	waitFor(t, "a wake-up after reconnecting", 10*time.Second, func() bool { return wakes.Load() > before })
 }
+
+// TestConcurrentWritersKeepCountsExact runs claims, results, releases,
+// lease rescues and a cancel at once from two pools on two batches, and
+// then checks that no operation failed (no deadlock, no serialization
+// error) and that every batch's counts equal its items' actual statuses.
+func TestConcurrentWritersKeepCountsExact(t *testing.T) {
+	t.Parallel()
+	u := newSchemaURL(t)
+	stores := []*Store{openStore(t, u), openStore(t, u)}
+	f := setup(t, stores[0])
+	ctx := context.Background()
+	batches := []batchsender.Batch{
+		f.batch(t, batchsender.BatchRunning, 800, batchsender.BatchOptions{MaxAttempts: 3}),
+		f.batch(t, batchsender.BatchRunning, 800, batchsender.BatchOptions{MaxAttempts: 3}),
+	}
+	errc := make(chan error, 16)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w := range 4 {
+		s := stores[w%2]
+		wg.Go(func() {
+			owner := batchsender.NewID("wrk")
+			for round := 0; ; round++ {
+				now := time.Now()
+				// Short leases, so that the rescuer takes some items away
+				// and their late results become stale.
+				got, err := s.ChunkClaim(ctx, batchsender.ChunkClaimParams{BatchID: batches[(w+round)%2].ID, Owner: owner, Now: now,
+					LeaseUntil: now.Add(time.Duration(round%3) * 5 * time.Millisecond), Limit: 40})
+				if err != nil {
+					errc <- err
+					return
+				}
+				if len(got) == 0 {
+					select {
+					case <-stop:
+						return
+					default:
+						time.Sleep(time.Millisecond)
+						continue
+					}
+				}
+				var rs []batchsender.ItemResult
+				var back []string
+				for i, it := range got {
+					st := []batchsender.ItemStatus{batchsender.ItemSucceeded, batchsender.ItemPending, batchsender.ItemFailed, batchsender.ItemUnknown, ""}[(i+round)%5]
+					if st == "" {
+						back = append(back, it.ID)
+						continue
+					}
+					rs = append(rs, batchsender.ItemResult{ItemID: it.ID, BatchID: it.BatchID, Owner: owner, Status: st, NextAttemptAt: now,
+						Attempt: batchsender.Attempt{ItemID: it.ID, Number: it.Attempts, StartedAt: now, Outcome: "x"}})
+				}
+				if _, err := s.ItemResultsWriteMany(ctx, rs); err != nil {
+					errc <- err
+					return
+				}
+				if _, err := s.ItemsRelease(ctx, owner, back); err != nil {
+					errc <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := stores[1].LeasesRescue(ctx, time.Now()); err != nil {
+				errc <- err
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	})
+	time.Sleep(300 * time.Millisecond)
+	if _, err := stores[1].BatchTransition(ctx, batchsender.BatchTransitionParams{ProjectID: f.project.ID, BatchID: batches[0].ID, Action: batchsender.ActionCancel, Now: time.Now()}); err != nil {
+		t.Errorf("cancel: %v", err)
+	}
+	// Let the rest run until the second batch is done (or a deadline).
+	waitFor(t, "the running batch to complete", 60*time.Second, func() bool {
+		select {
+		case err := <-errc:
+			t.Fatalf("concurrent operation failed: %v", err)
+		default:
+		}
+		return f.get(t, batches[1].ID).Status == batchsender.BatchCompleted
+	})
+	close(stop)
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatalf("concurrent operation failed: %v", err)
+	}
+	// Whatever is still leased goes back, then the counts must be exact.
+	if _, err := stores[0].LeasesRescue(ctx, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range batches {
+		got := f.get(t, b.ID)
+		var actual batchsender.Counts
+		rows, err := stores[0].pool.Query(ctx, `SELECT status, count(*) FROM items WHERE batch_id = $1 GROUP BY status`, b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var st batchsender.ItemStatus
+			var n int64
+			if err := rows.Scan(&st, &n); err != nil {
+				t.Fatal(err)
+			}
+			actual.Add(st, n)
+		}
+		rows.Close()
+		if got.Counts != actual {
+			t.Errorf("batch %s (%s): counts %+v, items %+v", b.ID, got.Status, got.Counts, actual)
+		}
+	}
+	if st := f.get(t, batches[0].ID).Status; st != batchsender.BatchCancelled {
+		t.Errorf("cancelled batch ended %s", st)
+	}
+}
