@@ -191,7 +191,7 @@ func newBatchCmd(getenv func(string) string) *cobra.Command {
 }
 
 func newBatchCreateCmd(cf *clientFlags) *cobra.Command {
-	var connection, module, template, options, file, idemKey string
+	var connection, module, template, options, file, format, idemKey string
 	var noWait bool
 	cmd := &cobra.Command{
 		Use:   "create --connection C --file items.csv|items.ndjson [--module M] [--template JSON|@file] [--options JSON|@file] [--no-wait]",
@@ -199,7 +199,8 @@ func newBatchCreateCmd(cf *clientFlags) *cobra.Command {
 		Long: `Create a batch from a CSV or NDJSON file, start it and follow its progress.
 
 The file is streamed to the server as a draft's items (its format is chosen by
-the extension: .csv, or .ndjson/.jsonl), then the batch is started. Unless
+the extension: .csv, or .ndjson/.jsonl, or by --format; "--file -" reads standard
+input and needs --format), then the batch is started. Unless
 --no-wait is given, a live progress bar runs on stderr until the batch is done,
 and the final batch is printed on stdout.
 
@@ -221,11 +222,14 @@ ended with failed or unknown items, or was cancelled; 1 on any other error.`,
 			if err != nil {
 				return err
 			}
-			if _, err := client.ContentTypeFor(file); err != nil {
+			contentType, err := uploadContentType(file, format)
+			if err != nil {
 				return err
 			}
-			if _, err := os.Stat(file); err != nil {
-				return fmt.Errorf("--file: %w", err)
+			if file != "-" {
+				if _, err := os.Stat(file); err != nil {
+					return fmt.Errorf("--file: %w", err)
+				}
 			}
 			c := cf.client()
 			defer c.Close()
@@ -256,7 +260,7 @@ ended with failed or unknown items, or was cancelled; 1 on any other error.`,
 			fmt.Fprintf(stderr, "Created batch %s (draft); uploading %s ...\n", b.ID, file)
 			start := time.Now()
 			draftID := b.ID
-			if b, err = c.BatchUploadFile(ctx, draftID, file); err != nil {
+			if b, err = upload(ctx, c, draftID, file, contentType, cmd.InOrStdin()); err != nil {
 				// Nothing of a rejected upload is kept; cancel the empty draft
 				// too, so a failed command leaves nothing behind.
 				if _, cerr := c.BatchCancel(context.WithoutCancel(ctx), draftID); cerr == nil {
@@ -279,7 +283,8 @@ ended with failed or unknown items, or was cancelled; 1 on any other error.`,
 	cmd.Flags().StringVar(&module, "module", "", "module, e.g. webhook (default: the connection's)")
 	cmd.Flags().StringVar(&template, "template", "", "batch template (defaults of item fields) as a JSON object, or @file")
 	cmd.Flags().StringVar(&options, "options", "", `batch options as a JSON object, or @file, e.g. '{"rate_per_second":100,"max_attempts":5}'`)
-	cmd.Flags().StringVarP(&file, "file", "f", "", "items file: .csv, .ndjson or .jsonl (required)")
+	cmd.Flags().StringVarP(&file, "file", "f", "", "items file: .csv, .ndjson or .jsonl, or - for standard input (required)")
+	cmd.Flags().StringVar(&format, "format", "", "csv or ndjson (default: by the file's extension)")
 	cmd.Flags().StringVar(&idemKey, "idempotency-key", "", "Idempotency-Key for the batch creation")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the batch is started instead of following it")
 	_ = cmd.MarkFlagRequired("connection")
@@ -469,4 +474,37 @@ func writeItemsCSV(w io.Writer, items func(func(batchsender.Item, error) bool)) 
 	}
 	cw.Flush()
 	return cw.Error()
+}
+
+// uploadContentType picks the upload's content type from --format, or else
+// from the file's extension.
+func uploadContentType(file, format string) (string, error) {
+	switch format {
+	case "csv":
+		return client.ContentTypeCSV, nil
+	case "ndjson", "jsonl":
+		return client.ContentTypeNDJSON, nil
+	case "":
+		if file == "-" {
+			return "", errors.New("--file - (standard input) needs --format csv or --format ndjson")
+		}
+		return client.ContentTypeFor(file)
+	}
+	return "", fmt.Errorf("--format %q: use csv or ndjson", format)
+}
+
+// upload streams the items file (or stdin for "-") into the draft.
+func upload(ctx context.Context, c *client.Client, id, file, contentType string, stdin io.Reader) (batchsender.Batch, error) {
+	if file == "-" {
+		return c.BatchUploadItems(ctx, id, contentType, stdin)
+	}
+	if byExt, err := client.ContentTypeFor(file); err == nil && byExt == contentType {
+		return c.BatchUploadFile(ctx, id, file) // sends the size up front
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return batchsender.Batch{}, fmt.Errorf("opening items file: %w", err)
+	}
+	defer f.Close()
+	return c.BatchUploadItems(ctx, id, contentType, f)
 }

@@ -187,15 +187,26 @@ func TestCLIBatchCreateFromFiles(t *testing.T) {
 		fmt.Fprintf(&csvRows, "%s/csv,Name %d,%d\n", recv.URL, i, i)
 		fmt.Fprintf(&ndjsonRows, `{"url":%q,"payload":{"n":%d}}`+"\n", recv.URL+"/ndjson", i)
 	}
-	for _, tc := range []struct{ name, content string }{
-		{"items.csv", csvRows.String()},
-		{"items.ndjson", ndjsonRows.String()},
+	for _, tc := range []struct {
+		name, content string
+		extra         []string // more flags
+		stdin         bool
+	}{
+		{name: "items.csv", content: csvRows.String()},
+		{name: "items.ndjson", content: ndjsonRows.String()},
+		{name: "items.txt", content: csvRows.String(), extra: []string{"--format", "csv"}},
+		{name: "stdin", content: ndjsonRows.String(), extra: []string{"--format", "ndjson"}, stdin: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			path := writeFile(t, tc.name, tc.content)
-			out, errOut, err := s.cli(t, bootstrapKey, "batch", "create", "--connection", "hooks", "--file", path,
-				"--options", `{"max_attempts":3}`)
+			args := []string{"batch", "create", "--connection", "hooks", "--options", `{"max_attempts":3}`}
+			stdin := ""
+			if tc.stdin {
+				args, stdin = append(args, "--file", "-"), tc.content
+			} else {
+				args = append(args, "--file", writeFile(t, tc.name, tc.content))
+			}
+			out, errOut, err := s.cliStdin(t, bootstrapKey, stdin, append(args, tc.extra...)...)
 			if err != nil {
 				t.Fatalf("batch create: %v\nstderr:\n%s", err, errOut)
 			}
@@ -339,6 +350,10 @@ func TestCLIActionsAndErrors(t *testing.T) {
 	_, _, err = s.cli(t, "", "batch", "list")
 	if err == nil || !strings.Contains(err.Error(), envAPIKey) {
 		t.Fatalf("no key: got %v, want advice to set %s", err, envAPIKey)
+	}
+	_, _, err = s.cli(t, bootstrapKey, "batch", "create", "--connection", "hooks", "--file", "-")
+	if err == nil || !strings.Contains(err.Error(), "--format") {
+		t.Fatalf("stdin without a format: got %v, want advice to pass --format", err)
 	}
 	bad := writeFile(t, "bad.csv", "url,payload.n\n"+recv.URL+",1\n"+recv.URL+"\n")
 	_, _, err = s.cli(t, bootstrapKey, "batch", "create", "--connection", "hooks", "--file", bad)

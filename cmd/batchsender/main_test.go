@@ -159,11 +159,17 @@ func (s *testServer) client(t *testing.T, key string) *client.Client {
 // returns its stdout, stderr and error.
 func (s *testServer) cli(t *testing.T, key string, args ...string) (string, string, error) {
 	t.Helper()
+	return s.cliStdin(t, key, "", args...)
+}
+
+// cliStdin is cli with standard input.
+func (s *testServer) cliStdin(t *testing.T, key, stdin string, args ...string) (string, string, error) {
+	t.Helper()
 	e := env{envURL: s.URL, envAPIKey: key}
 	var out, errOut syncBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	err := run(ctx, args, e.get, strings.NewReader(""), &out, &errOut)
+	err := run(ctx, args, e.get, strings.NewReader(stdin), &out, &errOut)
 	return out.String(), errOut.String(), err
 }
 
