@@ -56,112 +56,105 @@ func newLimiter(r float64) *rate.Limiter {
 	return rate.NewLimiter(rate.Limit(r), 1)
 }
 
-// slots are what one Send call holds: a batch slot, a connection slot, a
-// global slot, and the rate tokens reserved for it. The call may start at
-// notBefore.
+// slots are what one Send call holds: a batch slot, a connection slot and a
+// global slot. The call may start at notBefore, when its rate tokens are due.
 type slots struct {
-	batchTok, connTok *rate.Reservation
-	notBefore         time.Time
+	notBefore time.Time
 }
 
-// acquire blocks until the runner holds the slots of one call that may start
-// now, or ctx ends. The order matters: the batch's own limits first, so that
-// a batch waiting on its own rate holds nothing that other batches need, and
-// the process-wide slot last, since it is the most shared.
+// acquire blocks until the runner holds the slots and rate tokens of one
+// call that may start now, or ctx ends. The order matters: the batch's own
+// limits first, so that a batch waiting on its own rate holds nothing that
+// other batches need, and the process-wide slot last, since it is the most
+// shared.
 func (r *runner) acquire(ctx context.Context) (slots, error) {
 	var s slots
 	if err := r.sem.Acquire(ctx, 1); err != nil {
 		return s, err
 	}
-	if r.lim != nil {
-		now := r.e.now()
-		tok := r.lim.ReserveN(now, 1)
-		if !sleepCtx(ctx, tok.DelayFrom(now)) {
-			tok.CancelAt(r.e.now())
-			r.sem.Release(1)
-			return s, ctx.Err()
-		}
-		s.batchTok = tok
+	if r.lim != nil && !waitToken(ctx, r.lim, r.e.now()) {
+		r.release(true, false, false)
+		return s, ctx.Err()
 	}
 	if err := r.conn.sem.Acquire(ctx, 1); err != nil {
-		r.giveBack(s, true, false, false)
+		r.release(true, false, false)
 		return s, err
 	}
-	if r.conn.lim != nil {
-		now := r.e.now()
-		tok := r.conn.lim.ReserveN(now, 1)
-		if !sleepCtx(ctx, tok.DelayFrom(now)) {
-			tok.CancelAt(r.e.now())
-			r.giveBack(s, true, true, false)
-			return s, ctx.Err()
-		}
-		s.connTok = tok
+	if r.conn.lim != nil && !waitToken(ctx, r.conn.lim, r.e.now()) {
+		r.release(true, true, false)
+		return s, ctx.Err()
 	}
 	if err := r.e.global.Acquire(ctx, 1); err != nil {
-		r.giveBack(s, true, true, false)
+		r.release(true, true, false)
 		return s, err
 	}
 	return s, nil
 }
 
-// tryAcquire takes the slots of one more call without waiting for a slot,
-// accepting rate tokens up to claimHorizon ahead. It fails as soon as anyone
-// queues for a slot (the semaphores are FIFO), which is what keeps runners
-// that share a connection taking turns.
-func (r *runner) tryAcquire(now time.Time) (slots, bool) {
-	var s slots
-	if !r.sem.TryAcquire(1) {
-		return s, false
+// waitToken takes one token, sleeping until it is due. It reports false if
+// ctx ended first (the token is then given back).
+func waitToken(ctx context.Context, lim *rate.Limiter, now time.Time) bool {
+	tok := lim.ReserveN(now, 1)
+	if !sleepCtx(ctx, tok.DelayFrom(now)) {
+		tok.CancelAt(now)
+		return false
 	}
-	if r.lim != nil {
-		tok := r.lim.ReserveN(now, 1)
-		d := tok.DelayFrom(now)
-		if d > claimHorizon {
-			tok.CancelAt(now)
-			r.sem.Release(1)
-			return s, false
+	return true
+}
+
+// rateBudget returns how many more calls the runner's rate limits allow
+// within claimHorizon from now, counting tokens others reserved already
+// (they make the bucket negative). -1 means unlimited.
+func (r *runner) rateBudget(now time.Time) int {
+	budget := -1
+	for _, lim := range []*rate.Limiter{r.lim, r.conn.lim} {
+		if lim == nil {
+			continue
 		}
-		s.batchTok = tok
-		s.notBefore = now.Add(d)
+		n := int(math.Floor(lim.TokensAt(now) + float64(lim.Limit())*claimHorizon.Seconds()))
+		if budget < 0 || n < budget {
+			budget = max(n, 0)
+		}
+	}
+	return budget
+}
+
+// tryAcquire takes the slots of one more call without waiting. It fails as
+// soon as anyone queues for a slot (the semaphores are FIFO), which is what
+// keeps runners that share a connection taking turns.
+func (r *runner) tryAcquire() bool {
+	if !r.sem.TryAcquire(1) {
+		return false
 	}
 	if !r.conn.sem.TryAcquire(1) {
-		r.giveBack(s, true, false, false)
-		return s, false
-	}
-	if r.conn.lim != nil {
-		tok := r.conn.lim.ReserveN(now, 1)
-		d := tok.DelayFrom(now)
-		if d > claimHorizon {
-			tok.CancelAt(now)
-			r.giveBack(s, true, true, false)
-			return s, false
-		}
-		s.connTok = tok
-		if t := now.Add(d); t.After(s.notBefore) {
-			s.notBefore = t
-		}
+		r.release(true, false, false)
+		return false
 	}
 	if !r.e.global.TryAcquire(1) {
-		r.giveBack(s, true, true, false)
-		return s, false
+		r.release(true, true, false)
+		return false
 	}
-	return s, true
+	return true
 }
 
-// giveBack releases slots that were not used for a call, returning their
-// rate tokens too.
-func (r *runner) giveBack(s slots, batch, conn, global bool) {
-	now := r.e.now()
-	if s.batchTok != nil {
-		s.batchTok.CancelAt(now)
+// schedule reserves the rate tokens of a call that got its slots through
+// tryAcquire, after the claim, and returns when the call may start. Taking
+// the tokens only now, not before the claim, keeps a slow claim from
+// bunching calls: a token is always reserved for a time at or after the
+// moment it is taken. The connection's token is reserved for the time the
+// batch's own token allows, so it is not spent before the call can use it.
+func (r *runner) schedule(now time.Time) time.Time {
+	at := now
+	if r.lim != nil {
+		at = at.Add(r.lim.ReserveN(at, 1).DelayFrom(at))
 	}
-	if s.connTok != nil {
-		s.connTok.CancelAt(now)
+	if r.conn.lim != nil {
+		at = at.Add(r.conn.lim.ReserveN(at, 1).DelayFrom(at))
 	}
-	r.release(batch, conn, global)
+	return at
 }
 
-// release frees the slots a call held. Its rate tokens stay used.
+// release frees the slots a call held (or would have held).
 func (r *runner) release(batch, conn, global bool) {
 	if global {
 		r.e.global.Release(1)

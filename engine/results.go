@@ -85,7 +85,7 @@ func (r *runner) classify(it batchsender.Item, res sdk.Result, started time.Time
 		}
 		out.Status = batchsender.ItemPending
 		out.Error = errText
-		out.NextAttemptAt = now.Add(max(res.RetryAfter, backoff(r.opts, it.Attempts)))
+		out.NextAttemptAt = ceilMillis(now.Add(max(res.RetryAfter, backoff(r.opts, it.Attempts))))
 		r.e.stats.retried.Add(1)
 	}
 	return out
@@ -108,6 +108,16 @@ func backoff(opts batchsender.BatchOptions, n int) time.Duration {
 		d = base << shift
 	}
 	return rand.N(d + 1)
+}
+
+// ceilMillis rounds t up to a whole millisecond: stores keep times in
+// milliseconds, and rounding down could let a retry go before its
+// Retry-After.
+func ceilMillis(t time.Time) time.Time {
+	if c := t.Truncate(time.Millisecond); !c.Equal(t) {
+		return c.Add(time.Millisecond)
+	}
+	return t
 }
 
 // truncate cuts s to at most n bytes without splitting a UTF-8 sequence.

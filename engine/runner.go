@@ -264,23 +264,23 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 		return 0, nil // ctx ended
 	}
 	held := []slots{first}
+	// More calls only as far as slots are free now and the rate limits
+	// allow within claimHorizon: claimed items never wait long for either.
 	maxCalls := (r.e.cfg.ClaimSize + r.maxChunk - 1) / r.maxChunk
-	now := r.e.now()
-	for len(held) < maxCalls {
-		s, ok := r.tryAcquire(now)
-		if !ok {
-			break
-		}
-		held = append(held, s)
+	if budget := r.rateBudget(r.e.now()); budget >= 0 {
+		maxCalls = min(maxCalls, 1+budget)
+	}
+	for len(held) < maxCalls && r.tryAcquire() {
+		held = append(held, slots{})
 	}
 	giveBackFrom := func(i int) {
-		for _, s := range held[i:] {
-			r.giveBack(s, true, true, true)
+		for range held[i:] {
+			r.release(true, true, true)
 		}
 	}
 
 	limit := min(r.e.cfg.ClaimSize, len(held)*r.maxChunk)
-	now = r.e.now()
+	now := r.e.now()
 	leaseUntil := now.Add(r.e.cfg.LeaseDuration)
 	items, err := r.e.store.ChunkClaim(ctx, batchsender.ChunkClaimParams{
 		BatchID:    r.batch.ID,
@@ -315,6 +315,10 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 
 	// Spread the items evenly over the calls, each at most maxChunk.
 	calls := (len(items) + r.maxChunk - 1) / r.maxChunk
+	now = r.e.now()
+	for i := 1; i < calls; i++ {
+		held[i].notBefore = r.schedule(now)
+	}
 	per, extra := len(items)/calls, len(items)%calls
 	start := 0
 	for i := range calls {
