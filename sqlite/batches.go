@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"iter"
 	"strings"
 	"time"
 
@@ -56,7 +55,7 @@ func scanBatch(row interface{ Scan(...any) error }) (batchsender.Batch, error) {
 // batchGet reads the project's batch through q (the reader pool, or the
 // writer's transaction to see its own changes).
 func batchGet(ctx context.Context, q queryer, projectID, id string) (batchsender.Batch, error) {
-	b, err := scanBatch(q.QueryRowContext(ctx, `SELECT `+batchColumns+` FROM batches WHERE id = ? AND project_id = ?`, id, projectID))
+	b, err := scanBatch(q.QueryRowContext(ctx, `SELECT `+batchColumns+` FROM batches WHERE id = ? AND project_id = ? AND ingesting <> 1`, id, projectID))
 	if errors.Is(err, sql.ErrNoRows) {
 		return b, batchsender.Errorf(batchsender.ENOTFOUND, "batch %q not found", id)
 	}
@@ -72,13 +71,17 @@ type batchRef struct {
 	id        string
 	projectID string
 	status    batchsender.BatchStatus
+	total     int64 // items beyond it belong to an append in progress
+	ingesting int
 }
 
-// batchRefGet looks a batch up by ID; projectID "" matches any project.
+// batchRefGet looks a visible batch up by ID; projectID "" matches any
+// project.
 func batchRefGet(ctx context.Context, q queryer, projectID, id string) (batchRef, error) {
 	r := batchRef{id: id}
-	err := q.QueryRowContext(ctx, `SELECT bkey, project_id, status FROM batches WHERE id = ? AND (? = '' OR project_id = ?)`,
-		id, projectID, projectID).Scan(&r.key, &r.projectID, &r.status)
+	err := q.QueryRowContext(ctx, `SELECT bkey, project_id, status, total, ingesting FROM batches
+		WHERE id = ? AND (? = '' OR project_id = ?) AND ingesting <> 1`,
+		id, projectID, projectID).Scan(&r.key, &r.projectID, &r.status, &r.total, &r.ingesting)
 	if errors.Is(err, sql.ErrNoRows) {
 		return r, batchsender.Errorf(batchsender.ENOTFOUND, "batch %q not found", id)
 	}
@@ -86,146 +89,6 @@ func batchRefGet(ctx context.Context, q queryer, projectID, id string) (batchRef
 		return r, fmt.Errorf("reading batch: %w", err)
 	}
 	return r, nil
-}
-
-// BatchCreate implements batchsender.Store. The batch row and every item are
-// written in one transaction, items streamed from the iterator in
-// multi-row inserts, so memory stays bounded whatever the batch size.
-func (s *Store) BatchCreate(ctx context.Context, p batchsender.BatchCreateParams) (batchsender.Batch, error) {
-	switch p.Status {
-	case batchsender.BatchDraft, batchsender.BatchScheduled, batchsender.BatchRunning:
-	default:
-		return batchsender.Batch{}, batchsender.Errorf(batchsender.EINVALID, "a new batch cannot be %q", p.Status)
-	}
-	options, err := json.Marshal(p.Options)
-	if err != nil {
-		return batchsender.Batch{}, fmt.Errorf("encoding options: %w", err)
-	}
-	var template any
-	if len(p.Template) > 0 {
-		template = string(p.Template)
-	}
-	var idem any
-	if p.IdempotencyKey != "" {
-		idem = p.IdempotencyKey
-	}
-	now := ms(s.now())
-	var started any
-	if p.Status == batchsender.BatchRunning {
-		started = now
-	}
-	id := batchsender.NewID("bat")
-	var b batchsender.Batch
-	err = s.writeTx(ctx, func(tx *sql.Tx) error {
-		if err := projectExists(ctx, tx, p.ProjectID); err != nil {
-			return err
-		}
-		res, err := tx.ExecContext(ctx, `INSERT INTO batches (id, project_id, module, connection_id, provider, status,
-			template, options, max_attempts, send_at, idempotency_key, request_hash, created_at, updated_at, started_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			id, p.ProjectID, p.Module, p.ConnectionID, p.Provider, p.Status, template, string(options),
-			p.Options.WithDefaults().MaxAttempts, nullMS(p.Options.SendAt), idem, p.RequestHash, now, now, started)
-		if isUnique(err) {
-			return batchsender.Errorf(batchsender.ECONFLICT, "idempotency key %q was already used", p.IdempotencyKey)
-		}
-		if err != nil {
-			return fmt.Errorf("creating batch: %w", err)
-		}
-		key, err := res.LastInsertId()
-		if err != nil {
-			return fmt.Errorf("creating batch: %w", err)
-		}
-		n, err := s.insertItems(ctx, tx, key, 0, now, p.Items)
-		if err != nil {
-			return err
-		}
-		// A running batch with nothing to do is complete at once.
-		if _, err := tx.ExecContext(ctx, `UPDATE batches SET total = ?, pending = ?,
-			status = CASE WHEN ? = 0 AND status = 'running' THEN 'completed' ELSE status END,
-			completed_at = CASE WHEN ? = 0 AND status = 'running' THEN ? END
-			WHERE bkey = ?`, n, n, n, n, now, key); err != nil {
-			return fmt.Errorf("counting items: %w", err)
-		}
-		b, err = batchGet(ctx, tx, p.ProjectID, id)
-		return err
-	})
-	if err != nil {
-		return batchsender.Batch{}, err
-	}
-	return b, nil
-}
-
-// itemInsertRows is how many items one INSERT statement carries. Fewer
-// statements mean fewer trips through the driver; 500 rows of 6 values
-// stay far below SQLite's limit of 32766 bound parameters.
-const itemInsertRows = 500
-
-// itemInsertCols is the number of values bound per item row.
-const itemInsertCols = 6
-
-// itemInsertSQL returns a multi-row insert of n items.
-func itemInsertSQL(n int) string {
-	return `INSERT INTO items (batch_key, seq, id, data, next_attempt_at, updated_at) VALUES ` + valuesList(n, itemInsertCols)
-}
-
-// valuesList returns n rows of cols placeholders: "(?,?),(?,?)".
-func valuesList(n, cols int) string {
-	row := "(?" + strings.Repeat(",?", cols-1) + ")"
-	return row + strings.Repeat(","+row, n-1)
-}
-
-// insertItems streams items into the batch in multi-row inserts, numbering
-// them after seq, and returns how many it wrote. An error yielded by the
-// iterator is returned as it is.
-func (s *Store) insertItems(ctx context.Context, tx *sql.Tx, batchKey int64, seq int64, now int64, items iter.Seq2[batchsender.NewItem, error]) (int64, error) {
-	if items == nil {
-		return 0, nil
-	}
-	full := tx.StmtContext(ctx, s.st.insertItems)
-	defer full.Close()
-	args := make([]any, 0, itemInsertRows*itemInsertCols)
-	var n int64
-	flush := func() error {
-		rows := len(args) / itemInsertCols
-		if rows == 0 {
-			return nil
-		}
-		var err error
-		if rows == itemInsertRows {
-			_, err = full.ExecContext(ctx, args...)
-		} else {
-			_, err = tx.ExecContext(ctx, itemInsertSQL(rows), args...)
-		}
-		if err != nil {
-			return fmt.Errorf("inserting items: %w", err)
-		}
-		args = args[:0]
-		return nil
-	}
-	for it, err := range items {
-		if err != nil {
-			return 0, err
-		}
-		if err := ctx.Err(); err != nil {
-			return 0, fmt.Errorf("inserting items: %w", err)
-		}
-		seq++
-		n++
-		data := string(it.Data)
-		if data == "" {
-			data = "{}"
-		}
-		args = append(args, batchKey, seq, batchsender.NewID("itm"), data, now, now)
-		if len(args) == cap(args) {
-			if err := flush(); err != nil {
-				return 0, err
-			}
-		}
-	}
-	if err := flush(); err != nil {
-		return 0, err
-	}
-	return n, nil
 }
 
 // BatchGetByID implements batchsender.Store.
@@ -236,7 +99,7 @@ func (s *Store) BatchGetByID(ctx context.Context, projectID, id string) (batchse
 // BatchGetByIdempotencyKey implements batchsender.Store.
 func (s *Store) BatchGetByIdempotencyKey(ctx context.Context, projectID, key string) (batchsender.Batch, error) {
 	b, err := scanBatch(s.r.QueryRowContext(ctx, `SELECT `+batchColumns+` FROM batches
-		WHERE project_id = ? AND idempotency_key = ?`, projectID, key))
+		WHERE project_id = ? AND idempotency_key = ? AND ingesting <> 1`, projectID, key))
 	if errors.Is(err, sql.ErrNoRows) {
 		return b, batchsender.Errorf(batchsender.ENOTFOUND, "no batch with that idempotency key")
 	}
@@ -252,7 +115,7 @@ func (s *Store) BatchList(ctx context.Context, p batchsender.BatchListParams) ([
 	// IDs are time-ordered, so "newest first after the cursor" is a range
 	// scan of batches_project_id backwards from the cursor.
 	rows, err := s.r.QueryContext(ctx, `SELECT `+batchColumns+` FROM batches
-		WHERE project_id = ? AND (? = '' OR id < ?)
+		WHERE project_id = ? AND (? = '' OR id < ?) AND ingesting <> 1
 		ORDER BY id DESC LIMIT ?`, p.ProjectID, p.Cursor, p.Cursor, limit(p.Limit, 100, 1000))
 	if err != nil {
 		return nil, fmt.Errorf("listing batches: %w", err)
@@ -276,42 +139,6 @@ func collectBatches(rows *sql.Rows) ([]batchsender.Batch, error) {
 	return out, nil
 }
 
-// BatchItemsAppend implements batchsender.Store.
-func (s *Store) BatchItemsAppend(ctx context.Context, p batchsender.BatchItemsAppendParams) (batchsender.Batch, error) {
-	var b batchsender.Batch
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		var err error
-		b, err = batchGet(ctx, tx, p.ProjectID, p.BatchID)
-		if err != nil {
-			return err
-		}
-		if b.Status != batchsender.BatchDraft {
-			return batchsender.Errorf(batchsender.ECONFLICT, "items can only be added to a draft batch; batch %s is %s", b.ID, b.Status)
-		}
-		now := ms(s.now())
-		// Seqs run 1..total without gaps (items are never deleted), so the
-		// new ones continue after total.
-		ref, err := batchRefGet(ctx, tx, p.ProjectID, p.BatchID)
-		if err != nil {
-			return err
-		}
-		n, err := s.insertItems(ctx, tx, ref.key, b.Total, now, p.Items)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE batches SET total = total + ?, pending = pending + ?, updated_at = ?
-			WHERE bkey = ?`, n, n, now, ref.key); err != nil {
-			return fmt.Errorf("counting items: %w", err)
-		}
-		b, err = batchGet(ctx, tx, p.ProjectID, p.BatchID)
-		return err
-	})
-	if err != nil {
-		return batchsender.Batch{}, err
-	}
-	return b, nil
-}
-
 // BatchTransition implements batchsender.Store.
 func (s *Store) BatchTransition(ctx context.Context, p batchsender.BatchTransitionParams) (batchsender.Batch, error) {
 	now := p.Now
@@ -329,6 +156,9 @@ func (s *Store) BatchTransition(ctx context.Context, p batchsender.BatchTransiti
 		ref, err := batchRefGet(ctx, tx, p.ProjectID, p.BatchID)
 		if err != nil {
 			return err
+		}
+		if ref.ingesting != ingestNone {
+			return batchsender.Errorf(batchsender.ECONFLICT, "an item upload to batch %s is in progress", ref.id)
 		}
 		if err := s.transition(ctx, tx, ref.key, b, p, nowMS); err != nil {
 			return err
@@ -452,7 +282,7 @@ func cancelPending(ctx context.Context, tx *sql.Tx, key int64, now int64) error 
 // runnableSQL lists running batches with pending items (limit). The
 // partial index batches_running holds only running batches.
 const runnableSQL = `SELECT ` + batchColumns + ` FROM batches INDEXED BY batches_running
-	WHERE status = 'running' AND pending > 0 LIMIT ?`
+	WHERE status = 'running' AND pending > 0 AND ingesting = 0 LIMIT ?`
 
 // BatchesRunnable implements batchsender.Store.
 func (s *Store) BatchesRunnable(ctx context.Context, limit int) ([]batchsender.Batch, error) {
@@ -473,7 +303,7 @@ const activateSQL = `UPDATE batches SET
 	status = CASE WHEN pending + in_flight = 0 THEN 'completed' ELSE 'running' END,
 	completed_at = CASE WHEN pending + in_flight = 0 THEN ? END,
 	started_at = COALESCE(started_at, ?), updated_at = ?
-	WHERE status = 'scheduled' AND (send_at IS NULL OR send_at <= ?)`
+	WHERE status = 'scheduled' AND (send_at IS NULL OR send_at <= ?) AND ingesting = 0`
 
 // BatchesActivateDue implements batchsender.Store.
 func (s *Store) BatchesActivateDue(ctx context.Context, now time.Time) (int, error) {

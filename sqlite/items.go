@@ -58,7 +58,7 @@ var itemListByRareStatus = func() map[batchsender.ItemStatus]string {
 	m := map[batchsender.ItemStatus]string{}
 	for _, st := range []batchsender.ItemStatus{batchsender.ItemFailed, batchsender.ItemUnknown, batchsender.ItemSkipped} {
 		m[st] = `SELECT ` + itemColumns + ` FROM items INDEXED BY items_rare_status
-			WHERE batch_key = ? AND status = '` + string(st) + `' AND seq > ? ORDER BY seq LIMIT ?`
+			WHERE batch_key = ? AND status = '` + string(st) + `' AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?`
 	}
 	return m
 }()
@@ -78,14 +78,15 @@ func (s *Store) ItemList(ctx context.Context, p batchsender.ItemListParams) ([]b
 	n := limit(p.Limit, 100, 10_000)
 	var rows *sql.Rows
 	if q, ok := itemListByRareStatus[p.Status]; ok {
-		rows, err = s.r.QueryContext(ctx, q, ref.key, p.AfterSeq, n)
+		rows, err = s.r.QueryContext(ctx, q, ref.key, p.AfterSeq, ref.total, n)
 	} else {
 		// A range of the (batch_key, seq) primary key, filtered by status
 		// when one is given: the statuses without an index are the ones
-		// that are usually dense.
+		// that are usually dense. Items beyond total belong to an append
+		// still in progress.
 		rows, err = s.r.QueryContext(ctx, `SELECT `+itemColumns+` FROM items
-			WHERE batch_key = ? AND seq > ? AND (? = '' OR status = ?) ORDER BY seq LIMIT ?`,
-			ref.key, p.AfterSeq, p.Status, p.Status, n)
+			WHERE batch_key = ? AND seq > ? AND seq <= ? AND (? = '' OR status = ?) ORDER BY seq LIMIT ?`,
+			ref.key, p.AfterSeq, ref.total, p.Status, p.Status, n)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("listing items: %w", err)
@@ -133,8 +134,10 @@ func (s *Store) ItemAttemptList(ctx context.Context, projectID, itemID string) (
 // PostgreSQL's "UPDATE ... WHERE (batch, seq) IN (SELECT ... FOR UPDATE
 // SKIP LOCKED)" without the locking clause: SQLite's single writer already
 // serialises claims. ChunkClaim checks in the same transaction that the
-// batch is running.
-const claimSQL = `UPDATE items SET status = 'in_flight', attempts = attempts + 1,
+// batch is running. OR ROLLBACK (here and on the other hot statements):
+// a failure fails the whole transaction anyway, and it spares SQLite the
+// statement journal.
+const claimSQL = `UPDATE OR ROLLBACK items SET status = 'in_flight', attempts = attempts + 1,
 	lease_owner = ?, lease_expires_at = ?, updated_at = ?
 WHERE batch_key = ? AND seq IN (
 	SELECT seq FROM items INDEXED BY items_claim
@@ -209,7 +212,7 @@ const (
 // RETURNING rows are the ones that did. A retry result for an item of a
 // cancelled batch makes it cancelled, since nothing will claim it again.
 func resultSQL(n int) string {
-	return `UPDATE items SET updated_at = ?,
+	return `UPDATE OR ROLLBACK items SET updated_at = ?,
 	status = CASE WHEN v.column3 = 'pending'
 	              AND (SELECT status FROM batches WHERE bkey = items.batch_key) = 'cancelled'
 	         THEN 'cancelled' ELSE v.column3 END,
@@ -514,8 +517,12 @@ const rescueSQL = `UPDATE items SET updated_at = ?,
 	WHERE b.bkey = items.batch_key AND items.status = 'in_flight' AND items.lease_expires_at < ?
 	RETURNING items.batch_key, items.status`
 
-// LeasesRescue implements batchsender.Store.
+// LeasesRescue implements batchsender.Store. It also removes ingests that
+// stopped without finishing (see ingest.go), judged by the store's clock.
 func (s *Store) LeasesRescue(ctx context.Context, expiredBefore time.Time) (int, error) {
+	if err := s.dropStaleIngests(ctx, s.now()); err != nil {
+		return 0, err
+	}
 	now := ms(s.now())
 	n := 0
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {

@@ -50,7 +50,7 @@ func TestHotPathsUseIndexes(t *testing.T) {
 	}{
 		{"claim", claimSQL, []string{"USING PRIMARY KEY (batch_key=? AND seq=?)", "USING COVERING INDEX items_claim (batch_key=? AND next_attempt_at<?)"}},
 		{"results", resultSQL(3), []string{"USING INDEX items_id (id=?)"}},
-		{"failed items", itemListByRareStatus["failed"], []string{"USING INDEX items_rare_status (batch_key=? AND status=? AND seq>?)"}},
+		{"failed items", itemListByRareStatus["failed"], []string{"USING INDEX items_rare_status (batch_key=? AND status=? AND seq>? AND seq<?)"}},
 		{"rescue", rescueSQL, []string{"USING INDEX items_lease (lease_expires_at<?)"}},
 		{"release", releaseSQL, []string{"USING INDEX items_id (id=?)"}},
 		{"runnable", runnableSQL, []string{"USING INDEX batches_running"}},

@@ -37,6 +37,9 @@ type Store struct {
 	now    func() time.Time
 
 	st stmts // the hot statements, prepared once on w
+	cp *checkpointer
+
+	ingestChunkRows int // rows per ingest transaction (see ingest.go); tests lower it
 }
 
 // stmts are the statements of the hot paths (ingest, claim, results),
@@ -83,17 +86,21 @@ const readers = 4
 //   - busy_timeout: another process (the migrate command, a second server by
 //     mistake) holding the write lock makes us wait instead of failing.
 //   - foreign_keys: enforce the REFERENCES clauses.
-//   - temp_store=MEMORY: statement journals of the multi-row statements
-//     stay in memory instead of a temporary file.
+//   - temp_store=MEMORY: temporary tables and journals (the RETURNING
+//     buffers, sorting) stay in memory instead of temporary files.
+//   - journal_size_limit: once checkpointed, the WAL file is cut back to
+//     64 MiB rather than keeping the size of the largest transaction.
 //   - _txlock=immediate (writer only): take the write lock at BEGIN, so a
 //     transaction never fails halfway on upgrading a read lock.
 //   - cache_size (writer only): 16 MiB of page cache, so a large ingest
 //     transaction spills fewer pages to the WAL before its commit.
+//   - wal_autocheckpoint=0 (writer only): commits never stop to checkpoint;
+//     the checkpointer goroutine does it (see checkpointer).
 func dsn(path string, writer bool) string {
 	q := "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)" +
-		"&_pragma=temp_store(MEMORY)"
+		"&_pragma=temp_store(MEMORY)&_pragma=journal_size_limit(67108864)"
 	if writer {
-		q += "&_txlock=immediate&_pragma=cache_size(-16384)"
+		q += "&_txlock=immediate&_pragma=cache_size(-16384)&_pragma=wal_autocheckpoint(0)"
 	} else {
 		q += "&_pragma=query_only(1)"
 	}
@@ -120,7 +127,7 @@ func Open(ctx context.Context, path string, logger *slog.Logger) (*Store, error)
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
-	s := &Store{w: w, logger: logger, now: time.Now}
+	s := &Store{w: w, logger: logger, now: time.Now, ingestChunkRows: defaultIngestChunkRows}
 	if err := migrate(ctx, w, logger); err != nil {
 		_ = w.Close()
 		return nil, err
@@ -134,6 +141,10 @@ func Open(ctx context.Context, path string, logger *slog.Logger) (*Store, error)
 	r.SetMaxIdleConns(readers)
 	s.r = r
 	if err := s.st.prepare(ctx, w); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	if s.cp, err = startCheckpointer(path, logger); err != nil {
 		_ = s.Close()
 		return nil, err
 	}
@@ -153,6 +164,9 @@ func Migrate(ctx context.Context, path string, logger *slog.Logger) error {
 // Close closes both connection pools.
 func (s *Store) Close() error {
 	var errs []error
+	if s.cp != nil {
+		errs = append(errs, s.cp.close())
+	}
 	for _, p := range s.st.all() {
 		if *p != nil {
 			errs = append(errs, (*p).Close())

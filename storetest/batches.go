@@ -16,12 +16,12 @@ func init() {
 			sendAt := time.Now().Add(-time.Minute).UTC().Truncate(time.Millisecond)
 			opts := batchsender.BatchOptions{RatePerSecond: 50, Concurrency: 4, MaxAttempts: 3, SendAt: &sendAt,
 				RetryBaseDelay: batchsender.Duration(2 * time.Second), AtLeastOnce: true}
-			b := f.newBatch(t, 1234, withOptions(opts), func(p *batchsender.BatchCreateParams) {
+			b := f.newBatch(t, 567, withOptions(opts), func(p *batchsender.BatchCreateParams) {
 				p.IdempotencyKey, p.RequestHash = "idem-1", "hash-1"
 			})
 			if b.ID == "" || b.ProjectID != f.a.ID || b.Module != "webhook" || b.ConnectionID != f.conA.ID ||
-				b.Provider != "webhook.http" || b.Status != batchsender.BatchRunning || b.Total != 1234 ||
-				b.Counts != (batchsender.Counts{Pending: 1234}) || b.IdempotencyKey != "idem-1" || b.RequestHash != "hash-1" {
+				b.Provider != "webhook.http" || b.Status != batchsender.BatchRunning || b.Total != 567 ||
+				b.Counts != (batchsender.Counts{Pending: 567}) || b.IdempotencyKey != "idem-1" || b.RequestHash != "hash-1" {
 				t.Fatalf("BatchCreate = %+v", b)
 			}
 			near(t, "CreatedAt", b.CreatedAt, time.Now())
@@ -39,8 +39,8 @@ func init() {
 				t.Fatalf("BatchGetByID = %+v, created %+v", got, b)
 			}
 			all := f.allItems(t, b.ID, "")
-			if len(all) != 1234 {
-				t.Fatalf("batch has %d items, want 1234", len(all))
+			if len(all) != 567 {
+				t.Fatalf("batch has %d items, want 567", len(all))
 			}
 			seen := map[string]bool{}
 			for i, it := range all {
@@ -156,11 +156,11 @@ func init() {
 		}},
 		test{"BatchItemsAppendNumbersAfterExisting", func(t *testing.T, f *fixture) {
 			b := f.newBatch(t, 3, withStatus(batchsender.BatchDraft))
-			got, err := f.s.BatchItemsAppend(f.ctx, batchsender.BatchItemsAppendParams{ProjectID: f.a.ID, BatchID: b.ID, Items: itemsFrom(4, 600)})
+			got, err := f.s.BatchItemsAppend(f.ctx, batchsender.BatchItemsAppendParams{ProjectID: f.a.ID, BatchID: b.ID, Items: itemsFrom(4, 510)})
 			if err != nil {
 				t.Fatalf("BatchItemsAppend: %v", err)
 			}
-			if got.Total != 603 || got.Counts.Pending != 603 || got.Status != batchsender.BatchDraft {
+			if got.Total != 513 || got.Counts.Pending != 513 || got.Status != batchsender.BatchDraft {
 				t.Fatalf("BatchItemsAppend = %+v", got)
 			}
 			for i, it := range f.allItems(t, b.ID, "") {

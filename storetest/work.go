@@ -103,7 +103,7 @@ func init() {
 			f.check(t, b.ID)
 		}},
 		test{"ChunkClaimConcurrentClaimersNeverShareItems", func(t *testing.T, f *fixture) {
-			const n = 1000
+			const n = 400
 			b := f.newBatch(t, n)
 			var mu sync.Mutex
 			seen := map[string]string{}
@@ -115,7 +115,7 @@ func init() {
 				wg.Go(func() {
 					for {
 						now := time.Now()
-						got, err := f.s.ChunkClaim(f.ctx, batchsender.ChunkClaimParams{BatchID: b.ID, Owner: owner, Now: now, LeaseUntil: now.Add(time.Minute), Limit: 37})
+						got, err := f.s.ChunkClaim(f.ctx, batchsender.ChunkClaimParams{BatchID: b.ID, Owner: owner, Now: now, LeaseUntil: now.Add(time.Minute), Limit: 17})
 						if err != nil {
 							errs <- err
 							return
@@ -244,7 +244,7 @@ func init() {
 			}
 		}},
 		test{"ItemResultsWriteManyCompletesBatch", func(t *testing.T, f *fixture) {
-			b := f.newBatch(t, 600)
+			b := f.newBatch(t, 260)
 			other := f.newBatch(t, 2)
 			claimed := f.claim(t, b.ID, f.owner, 1000)
 			otherClaimed := f.claim(t, other.ID, f.owner, 1)
@@ -257,9 +257,9 @@ func init() {
 				rs = append(rs, result(it, f.owner, st))
 			}
 			rs = append(rs, result(otherClaimed[0], f.owner, batchsender.ItemSucceeded))
-			f.write(t, 601, rs...)
+			f.write(t, 261, rs...)
 			got := f.check(t, b.ID)
-			if got.Status != batchsender.BatchCompleted || got.CompletedAt == nil || got.Counts != (batchsender.Counts{Succeeded: 540, Failed: 60}) {
+			if got.Status != batchsender.BatchCompleted || got.CompletedAt == nil || got.Counts != (batchsender.Counts{Succeeded: 234, Failed: 26}) {
 				t.Fatalf("batch = %+v, want completed", got)
 			}
 			near(t, "CompletedAt", *got.CompletedAt, time.Now())

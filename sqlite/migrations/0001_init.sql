@@ -61,7 +61,11 @@ CREATE TABLE batches (
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL,
     started_at      INTEGER,
-    completed_at    INTEGER
+    completed_at    INTEGER,
+    -- 1 while BatchCreate writes the items of this still hidden batch in
+    -- several transactions; 2 while BatchItemsAppend writes items beyond
+    -- total. See sqlite/ingest.go.
+    ingesting       INTEGER NOT NULL DEFAULT 0
 );
 
 -- BatchList: a project's batches newest first (IDs are time-ordered).
@@ -79,8 +83,11 @@ CREATE INDEX batches_scheduled ON batches (send_at) WHERE status = 'scheduled';
 -- Every index below costs time on the hot paths (ingest, claim, result), so
 -- there are only the ones those paths and the tenant-facing lists need.
 -- The project is the batch's (through batch_key), not repeated here.
+-- batch_key has no REFERENCES clause on purpose: the store writes items only
+-- in the transaction that holds their batch, and a foreign key would cost a
+-- parent lookup per ingested row and a statement journal per insert.
 CREATE TABLE items (
-    batch_key           INTEGER NOT NULL REFERENCES batches (bkey),
+    batch_key           INTEGER NOT NULL,
     seq                 INTEGER NOT NULL,
     id                  TEXT NOT NULL,
     data                TEXT NOT NULL,

@@ -1,0 +1,442 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"iter"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/batchsender/batchsender"
+)
+
+// Ingest never holds the one writer connection while it waits for items.
+// The iterator usually reads an HTTP upload, which may trickle in for
+// minutes, and every other write (claims, results) queues behind the
+// writer. So items are read into a bounded buffer outside any transaction
+// and written in short transactions of up to Store.ingestChunkRows rows, while
+// the batch stays invisible: a new batch is hidden (ingesting = 1) until
+// its last chunk is in, and items appended to a draft lie beyond its total
+// (ingesting = 2) until the final transaction counts them. A failed ingest
+// deletes what it wrote; one that died with its process is removed by
+// LeasesRescue once it has been idle for staleIngest.
+//
+// An upload small enough for one buffer is written in one transaction.
+const (
+	defaultIngestChunkRows = 5000
+	ingestChunkBytes       = 4 << 20
+	staleIngest            = time.Hour
+)
+
+// Values of batches.ingesting.
+const (
+	ingestNone      = 0
+	ingestCreating  = 1
+	ingestAppending = 2
+)
+
+// itemInsertRows is how many items one INSERT statement carries. Fewer
+// statements mean fewer trips through the driver; 500 rows of 6 values
+// stay far below SQLite's limit of 32766 bound parameters.
+const itemInsertRows = 500
+
+// itemInsertCols is the number of values bound per item row.
+const itemInsertCols = 6
+
+// itemInsertSQL returns a multi-row insert of n items. OR ROLLBACK: any
+// failure ends the whole ingest anyway, and unlike the default (ABORT) it
+// needs no statement journal, a copy of every page the statement changes.
+func itemInsertSQL(n int) string {
+	return `INSERT OR ROLLBACK INTO items (batch_key, seq, id, data, next_attempt_at, updated_at) VALUES ` + valuesList(n, itemInsertCols)
+}
+
+// valuesList returns n rows of cols placeholders: "(?,?),(?,?)".
+func valuesList(n, cols int) string {
+	row := "(?" + strings.Repeat(",?", cols-1) + ")"
+	return row + strings.Repeat(","+row, n-1)
+}
+
+// newRow is an item read from the iterator, waiting to be written.
+type newRow struct {
+	id   string
+	data string
+}
+
+// ingester reads items from an iterator chunk by chunk and writes them.
+type ingester struct {
+	next      func() (batchsender.NewItem, error, bool)
+	stop      func()
+	rows      []newRow
+	bytes     int
+	done      bool // the iterator has ended
+	chunkRows int
+	n         int64 // rows written so far
+	args      []any
+}
+
+func (s *Store) newIngester(items iter.Seq2[batchsender.NewItem, error]) *ingester {
+	g := &ingester{rows: make([]newRow, 0, 512), chunkRows: s.ingestChunkRows}
+	if items == nil {
+		g.done = true
+		g.next = func() (batchsender.NewItem, error, bool) { return batchsender.NewItem{}, nil, false }
+		g.stop = func() {}
+		return g
+	}
+	g.next, g.stop = iter.Pull2(items)
+	return g
+}
+
+// fill reads the next chunk of items into the buffer. An error the
+// iterator yields is returned as it is.
+func (g *ingester) fill(ctx context.Context) error {
+	g.rows, g.bytes = g.rows[:0], 0
+	for !g.done && len(g.rows) < g.chunkRows && g.bytes < ingestChunkBytes {
+		it, err, ok := g.next()
+		if !ok {
+			g.done = true
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("reading items: %w", err)
+		}
+		data := string(it.Data)
+		if data == "" {
+			data = "{}"
+		}
+		g.rows = append(g.rows, newRow{id: batchsender.NewID("itm"), data: data})
+		g.bytes += len(data)
+	}
+	return nil
+}
+
+// write inserts the buffered rows into the batch, numbered after
+// base+g.n, in multi-row statements.
+func (g *ingester) write(ctx context.Context, s *Store, tx *sql.Tx, batchKey, base, now int64) error {
+	if len(g.rows) == 0 {
+		return nil
+	}
+	full := tx.StmtContext(ctx, s.st.insertItems)
+	defer full.Close()
+	// Boxed once: every row repeats them, and boxing an integer allocates.
+	key, stamp := any(batchKey), any(now)
+	for len(g.rows) > 0 {
+		k := min(len(g.rows), itemInsertRows)
+		g.args = g.args[:0]
+		for _, r := range g.rows[:k] {
+			g.n++
+			g.args = append(g.args, key, base+g.n, r.id, r.data, stamp, stamp)
+		}
+		var err error
+		if k == itemInsertRows {
+			_, err = full.ExecContext(ctx, g.args...)
+		} else {
+			_, err = tx.ExecContext(ctx, itemInsertSQL(k), g.args...)
+		}
+		if err != nil {
+			return fmt.Errorf("inserting items: %w", err)
+		}
+		g.rows = g.rows[k:]
+	}
+	return nil
+}
+
+// cleanupContext outlives the caller's context (often an HTTP request the
+// client gave up on), so the store can still remove what it wrote.
+func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+}
+
+// BatchCreate implements batchsender.Store.
+func (s *Store) BatchCreate(ctx context.Context, p batchsender.BatchCreateParams) (batchsender.Batch, error) {
+	switch p.Status {
+	case batchsender.BatchDraft, batchsender.BatchScheduled, batchsender.BatchRunning:
+	default:
+		return batchsender.Batch{}, batchsender.Errorf(batchsender.EINVALID, "a new batch cannot be %q", p.Status)
+	}
+	options, err := json.Marshal(p.Options)
+	if err != nil {
+		return batchsender.Batch{}, fmt.Errorf("encoding options: %w", err)
+	}
+	var template, idem any
+	if len(p.Template) > 0 {
+		template = string(p.Template)
+	}
+	if p.IdempotencyKey != "" {
+		idem = p.IdempotencyKey
+	}
+	now := ms(s.now())
+	var started any
+	if p.Status == batchsender.BatchRunning {
+		started = now
+	}
+	id := batchsender.NewID("bat")
+
+	g := s.newIngester(p.Items)
+	defer g.stop()
+	if err := g.fill(ctx); err != nil {
+		return batchsender.Batch{}, err
+	}
+	var key int64
+	// insertBatch writes the batch row, hidden while more chunks follow.
+	insertBatch := func(tx *sql.Tx, ingesting int) error {
+		if err := projectExists(ctx, tx, p.ProjectID); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `INSERT INTO batches (id, project_id, module, connection_id, provider, status,
+			template, options, max_attempts, send_at, idempotency_key, request_hash, created_at, updated_at, started_at, ingesting)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			id, p.ProjectID, p.Module, p.ConnectionID, p.Provider, p.Status, template, string(options),
+			p.Options.WithDefaults().MaxAttempts, nullMS(p.Options.SendAt), idem, p.RequestHash, now, now, started, ingesting)
+		if isUnique(err) {
+			return batchsender.Errorf(batchsender.ECONFLICT, "idempotency key %q was already used", p.IdempotencyKey)
+		}
+		if err != nil {
+			return fmt.Errorf("creating batch: %w", err)
+		}
+		if key, err = res.LastInsertId(); err != nil {
+			return fmt.Errorf("creating batch: %w", err)
+		}
+		return nil
+	}
+	// finish counts the items and shows the batch. A running batch with
+	// nothing to do is complete at once.
+	var b batchsender.Batch
+	finish := func(tx *sql.Tx) error {
+		n := g.n
+		if _, err := tx.ExecContext(ctx, `UPDATE batches SET total = ?, pending = ?, ingesting = 0,
+			status = CASE WHEN ? = 0 AND status = 'running' THEN 'completed' ELSE status END,
+			completed_at = CASE WHEN ? = 0 AND status = 'running' THEN ? END
+			WHERE bkey = ?`, n, n, n, n, now, key); err != nil {
+			return fmt.Errorf("counting items: %w", err)
+		}
+		var err error
+		b, err = batchGet(ctx, tx, p.ProjectID, id)
+		return err
+	}
+
+	if g.done {
+		err := s.writeTx(ctx, func(tx *sql.Tx) error {
+			if err := insertBatch(tx, ingestNone); err != nil {
+				return err
+			}
+			if err := g.write(ctx, s, tx, key, 0, now); err != nil {
+				return err
+			}
+			return finish(tx)
+		})
+		if err != nil {
+			return batchsender.Batch{}, err
+		}
+		return b, nil
+	}
+
+	err = s.writeTx(ctx, func(tx *sql.Tx) error {
+		if err := insertBatch(tx, ingestCreating); err != nil {
+			return err
+		}
+		return g.write(ctx, s, tx, key, 0, now)
+	})
+	if err != nil {
+		return batchsender.Batch{}, err
+	}
+	err = s.ingestRest(ctx, g, key, 0, now, finish)
+	if err != nil {
+		cctx, cancel := cleanupContext(ctx)
+		defer cancel()
+		if cerr := s.dropCreate(cctx, key); cerr != nil {
+			s.logger.ErrorContext(ctx, "removing a failed batch ingest", slog.String("batch_id", id), slog.Any("error", cerr))
+		}
+		return batchsender.Batch{}, err
+	}
+	return b, nil
+}
+
+// ingestRest writes the remaining chunks, one transaction each, and then
+// runs finish in the last one.
+func (s *Store) ingestRest(ctx context.Context, g *ingester, key, base, now int64, finish func(*sql.Tx) error) error {
+	for {
+		if err := g.fill(ctx); err != nil {
+			return err
+		}
+		err := s.writeTx(ctx, func(tx *sql.Tx) error {
+			if err := g.write(ctx, s, tx, key, base, now); err != nil {
+				return err
+			}
+			if g.done {
+				return finish(tx)
+			}
+			// The heartbeat that tells LeasesRescue this ingest is alive.
+			if _, err := tx.ExecContext(ctx, `UPDATE batches SET updated_at = ? WHERE bkey = ?`, ms(s.now()), key); err != nil {
+				return fmt.Errorf("marking ingest progress: %w", err)
+			}
+			return nil
+		})
+		if err != nil || g.done {
+			return err
+		}
+	}
+}
+
+// dropCreate removes a hidden batch whose ingest failed, with its items.
+func (s *Store) dropCreate(ctx context.Context, key int64) error {
+	return s.writeTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM items WHERE batch_key = ?`, key); err != nil {
+			return fmt.Errorf("deleting items: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM batches WHERE bkey = ? AND ingesting = 1`, key); err != nil {
+			return fmt.Errorf("deleting batch: %w", err)
+		}
+		return nil
+	})
+}
+
+// dropAppend removes the items of a failed append (those beyond the
+// batch's total) and ends its append.
+func (s *Store) dropAppend(ctx context.Context, key int64) error {
+	return s.writeTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM items
+			WHERE batch_key = ? AND seq > (SELECT total FROM batches WHERE bkey = ?)`, key, key); err != nil {
+			return fmt.Errorf("deleting items: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE batches SET ingesting = 0 WHERE bkey = ?`, key); err != nil {
+			return fmt.Errorf("ending append: %w", err)
+		}
+		return nil
+	})
+}
+
+// dropStaleIngests removes ingests whose process died: hidden batches and
+// appended items beyond a draft's total, idle for longer than staleIngest.
+func (s *Store) dropStaleIngests(ctx context.Context, now time.Time) error {
+	rows, err := s.r.QueryContext(ctx, `SELECT bkey, ingesting FROM batches WHERE ingesting <> 0 AND updated_at < ?`,
+		ms(now.Add(-staleIngest)))
+	if err != nil {
+		return fmt.Errorf("finding stale ingests: %w", err)
+	}
+	type stale struct {
+		key       int64
+		ingesting int
+	}
+	var found []stale
+	for rows.Next() {
+		var st stale
+		if err := rows.Scan(&st.key, &st.ingesting); err != nil {
+			rows.Close()
+			return fmt.Errorf("finding stale ingests: %w", err)
+		}
+		found = append(found, st)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("finding stale ingests: %w", err)
+	}
+	for _, st := range found {
+		var err error
+		if st.ingesting == ingestCreating {
+			err = s.dropCreate(ctx, st.key)
+		} else {
+			err = s.dropAppend(ctx, st.key)
+		}
+		if err != nil {
+			return err
+		}
+		s.logger.WarnContext(ctx, "removed an ingest that stopped without finishing", slog.Int64("batch_key", st.key))
+	}
+	return nil
+}
+
+// BatchItemsAppend implements batchsender.Store. Only one append to a
+// batch runs at a time; a second one meanwhile is a conflict.
+func (s *Store) BatchItemsAppend(ctx context.Context, p batchsender.BatchItemsAppendParams) (batchsender.Batch, error) {
+	// Refuse early, before reading any item.
+	ref, err := batchRefGet(ctx, s.r, p.ProjectID, p.BatchID)
+	if err != nil {
+		return batchsender.Batch{}, err
+	}
+	if err := appendable(ref); err != nil {
+		return batchsender.Batch{}, err
+	}
+	g := s.newIngester(p.Items)
+	defer g.stop()
+	if err := g.fill(ctx); err != nil {
+		return batchsender.Batch{}, err
+	}
+	now := ms(s.now())
+	var base int64 // seqs continue after the total (items are never deleted)
+	// begin checks again under the write lock and numbers from there.
+	begin := func(tx *sql.Tx) error {
+		var err error
+		if ref, err = batchRefGet(ctx, tx, p.ProjectID, p.BatchID); err != nil {
+			return err
+		}
+		if err := appendable(ref); err != nil {
+			return err
+		}
+		base = ref.total
+		return nil
+	}
+	var b batchsender.Batch
+	finish := func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE batches SET total = total + ?, pending = pending + ?, updated_at = ?, ingesting = 0
+			WHERE bkey = ?`, g.n, g.n, now, ref.key); err != nil {
+			return fmt.Errorf("counting items: %w", err)
+		}
+		var err error
+		b, err = batchGet(ctx, tx, p.ProjectID, p.BatchID)
+		return err
+	}
+	if g.done {
+		err := s.writeTx(ctx, func(tx *sql.Tx) error {
+			if err := begin(tx); err != nil {
+				return err
+			}
+			if err := g.write(ctx, s, tx, ref.key, base, now); err != nil {
+				return err
+			}
+			return finish(tx)
+		})
+		if err != nil {
+			return batchsender.Batch{}, err
+		}
+		return b, nil
+	}
+	err = s.writeTx(ctx, func(tx *sql.Tx) error {
+		if err := begin(tx); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE batches SET ingesting = 2, updated_at = ? WHERE bkey = ?`, now, ref.key); err != nil {
+			return fmt.Errorf("starting append: %w", err)
+		}
+		return g.write(ctx, s, tx, ref.key, base, now)
+	})
+	if err != nil {
+		return batchsender.Batch{}, err
+	}
+	if err := s.ingestRest(ctx, g, ref.key, base, now, finish); err != nil {
+		cctx, cancel := cleanupContext(ctx)
+		defer cancel()
+		if cerr := s.dropAppend(cctx, ref.key); cerr != nil {
+			s.logger.ErrorContext(ctx, "removing a failed append", slog.String("batch_id", p.BatchID), slog.Any("error", cerr))
+		}
+		return batchsender.Batch{}, err
+	}
+	return b, nil
+}
+
+// appendable refuses appends to anything but a draft without an append
+// in progress.
+func appendable(ref batchRef) error {
+	if ref.status != batchsender.BatchDraft {
+		return batchsender.Errorf(batchsender.ECONFLICT, "items can only be added to a draft batch; batch %s is %s", ref.id, ref.status)
+	}
+	if ref.ingesting != ingestNone {
+		return batchsender.Errorf(batchsender.ECONFLICT, "another item upload to batch %s is in progress", ref.id)
+	}
+	return nil
+}
