@@ -9,16 +9,21 @@
 //     activates scheduled batches whose send_at has come and rescues expired
 //     leases (on the elected node only, when the store elects one), and keeps
 //     one runner per runnable batch.
-//   - A runner first takes the slots for its next Send calls, in this order:
-//     the batch's concurrency slot, a token of the batch's own rate limit, the
-//     connection's concurrency slot, a token of the connection's rate limit
-//     and a slot of the process-wide MaxInFlight. Only then does it claim as
-//     many items as those calls carry. Items are therefore never claimed
-//     ahead of capacity: a claimed item is sent at once, or after at most
-//     claimHorizon of rate-limit wait, so its lease cannot run out while it
-//     waits. The semaphores are FIFO, and a runner queues for at most one
-//     slot at a time, so runners sharing a connection (and connections
-//     sharing the process) take turns: a huge batch cannot starve a small one.
+//   - A runner first waits for the slots of one Send call, in this order:
+//     the batch's concurrency slot, a token of the batch's own rate limit,
+//     the connection's concurrency slot, a token of the connection's rate
+//     limit and a slot of the process-wide MaxInFlight. It then takes, without
+//     waiting, the slots of as many more calls as are free and as the rate
+//     limits allow within claimHorizon, and only then claims as many items as
+//     those calls carry. Items are therefore never claimed ahead of capacity:
+//     a claimed item is sent at once, or after at most about claimHorizon of
+//     rate-limit wait, so its lease cannot run out while it waits. The
+//     semaphores are FIFO, and a runner queues for at most one slot at a
+//     time, so runners sharing a connection (and connections sharing the
+//     process) take turns: a huge batch cannot starve a small one.
+//   - Rates count Send calls, as sdk.Info.DefaultRate does: for a provider
+//     whose MaxChunk is 1 that is items per second. Buckets hold one token,
+//     so a limit of r per second also holds within any second.
 //   - Each Send call runs in its own goroutine; its results are classified
 //     (ok, retry with backoff, permanent, unknown) and handed to the completer.
 //   - The completer buffers results and writes them with one
