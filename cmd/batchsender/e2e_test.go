@@ -5,6 +5,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -47,6 +48,18 @@ func TestServeBootstrapKeyWorks(t *testing.T) {
 	_, err = s.client(t, "").ConnectionList(ctx)
 	if client.StatusCode(err) != http.StatusUnauthorized {
 		t.Fatalf("no key: got %v, want 401", err)
+	}
+
+	// The engine's counters are part of /metrics.
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := hc.Get(s.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "\nbatchsender_engine_runners 0\n") {
+		t.Fatalf("/metrics answered %d without the engine's counters:\n%s", resp.StatusCode, body)
 	}
 }
 
