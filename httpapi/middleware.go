@@ -103,7 +103,7 @@ func (s *server) recoverer(next http.Handler) http.Handler {
 			if v == nil {
 				return
 			}
-			if v == http.ErrAbortHandler { //nolint:errorlint // sentinel passed to panic, compared as the docs say
+			if v == http.ErrAbortHandler { // the documented way to abort a response; not ours to catch
 				panic(v)
 			}
 			p := internalProblem(r)
