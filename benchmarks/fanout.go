@@ -18,10 +18,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/batchsender/batchsender/e2e"
@@ -55,19 +58,26 @@ func (c Config) withDefaults() Config {
 
 // FanoutResult holds the figures of one fan-out run.
 type FanoutResult struct {
-	Items          int
-	Concurrency    int
-	BodyBytes      int
-	Elapsed        time.Duration // start → completed, every result durable
-	ItemsPerSec    float64
-	BareElapsed    time.Duration
-	BarePerSec     float64
-	Ratio          float64 // ItemsPerSec / BarePerSec
-	PeakRSS        int64   // VmHWM of the server process, bytes
-	Requests       int64   // requests the receiver got from the server
-	Duplicates     int64   // requests beyond one per item
-	BadSignatures  int64
-	SucceededItems int64
+	Items       int
+	Concurrency int
+	BodyBytes   int
+	Elapsed     time.Duration // start → completed, every result durable
+	ItemsPerSec float64
+	BareElapsed time.Duration
+	BarePerSec  float64
+	Ratio       float64 // ItemsPerSec / BarePerSec
+	PeakRSS     int64   // VmHWM of the server process, bytes
+	// CPU time per item, which depends far less on other load on the
+	// machine than the rates do: the server's during the send, this
+	// process's (the receiver) during the send, and this process's (bare
+	// client and receiver together) during the bare loop.
+	ServerCPUPerItem   time.Duration
+	ReceiverCPUPerItem time.Duration
+	BareCPUPerItem     time.Duration
+	Requests           int64 // requests the receiver got from the server
+	Duplicates         int64 // requests beyond one per item
+	BadSignatures      int64
+	SucceededItems     int64
 }
 
 // String formats the result for humans.
@@ -76,10 +86,12 @@ func (r FanoutResult) String() string {
 		"  batchsender: %.0f items/s (%v, every result durable; %d requests, %d duplicates, %d bad signatures)\n"+
 		"  bare loop:   %.0f requests/s (%v)\n"+
 		"  ratio:       %.2f\n"+
-		"  server peak RSS: %.1f MB",
+		"  server peak RSS: %.1f MB\n"+
+		"  CPU per item: server %v, receiver %v; bare loop client+receiver %v per request",
 		r.Items, r.Concurrency, r.BodyBytes,
 		r.ItemsPerSec, r.Elapsed.Round(time.Millisecond), r.Requests, r.Duplicates, r.BadSignatures,
-		r.BarePerSec, r.BareElapsed.Round(time.Millisecond), r.Ratio, float64(r.PeakRSS)/1e6)
+		r.BarePerSec, r.BareElapsed.Round(time.Millisecond), r.Ratio, float64(r.PeakRSS)/1e6,
+		r.ServerCPUPerItem, r.ReceiverCPUPerItem, r.BareCPUPerItem)
 }
 
 // IngestResult holds the figures of one ingest-and-send run.
@@ -87,7 +99,9 @@ type IngestResult struct {
 	Rows          int
 	IngestElapsed time.Duration
 	RowsPerSec    float64
-	IngestRSS     int64 // VmHWM after the upload
+	IngestRSS     int64         // VmHWM after the upload
+	IngestCPU     time.Duration // server CPU time spent on the upload
+	SendCPU       time.Duration // server CPU time spent sending
 	SendElapsed   time.Duration
 	ItemsPerSec   float64
 	PeakRSS       int64 // VmHWM after every item was sent
@@ -96,10 +110,10 @@ type IngestResult struct {
 // String formats the result for humans.
 func (r IngestResult) String() string {
 	return fmt.Sprintf("ingest+send: %d CSV rows\n"+
-		"  ingest: %.0f rows/s (%v), peak RSS after ingest %.1f MB\n"+
-		"  send:   %.0f items/s (%v), peak RSS after sending %.1f MB",
-		r.Rows, r.RowsPerSec, r.IngestElapsed.Round(time.Millisecond), float64(r.IngestRSS)/1e6,
-		r.ItemsPerSec, r.SendElapsed.Round(time.Millisecond), float64(r.PeakRSS)/1e6)
+		"  ingest: %.0f rows/s (%v; server CPU %v, %v per row), peak RSS after ingest %.1f MB\n"+
+		"  send:   %.0f items/s (%v; server CPU %v, %v per item), peak RSS after sending %.1f MB",
+		r.Rows, r.RowsPerSec, r.IngestElapsed.Round(time.Millisecond), r.IngestCPU, perItem(r.IngestCPU, r.Rows), float64(r.IngestRSS)/1e6,
+		r.ItemsPerSec, r.SendElapsed.Round(time.Millisecond), r.SendCPU, perItem(r.SendCPU, r.Rows), float64(r.PeakRSS)/1e6)
 }
 
 // harness is one server with a receiver and a connection.
@@ -304,11 +318,22 @@ func RunFanout(ctx context.Context, cfg Config) (FanoutResult, error) {
 		return res, err
 	}
 	cfg.Logf("fanout: %d items uploaded; sending", cfg.Items)
+	srvCPU0, err := ProcessCPU(h.srv.PID())
+	if err != nil {
+		return res, err
+	}
+	selfCPU0 := SelfCPU()
 	res.Elapsed, err = h.send(ctx, id, cfg.Items)
 	if err != nil {
 		return res, fmt.Errorf("%w\nserver log tail:\n%s", err, tail(h.srv.Log(), 3000))
 	}
 	res.ItemsPerSec = float64(cfg.Items) / res.Elapsed.Seconds()
+	res.ReceiverCPUPerItem = perItem(SelfCPU()-selfCPU0, cfg.Items)
+	srvCPU1, err := ProcessCPU(h.srv.PID())
+	if err != nil {
+		return res, err
+	}
+	res.ServerCPUPerItem = perItem(srvCPU1-srvCPU0, cfg.Items)
 	res.PeakRSS, err = h.srv.PeakRSS()
 	if err != nil {
 		return res, err
@@ -325,10 +350,12 @@ func RunFanout(ctx context.Context, cfg Config) (FanoutResult, error) {
 	// machine to itself apart from that idle process.
 	h.recv.Reset()
 	cfg.Logf("fanout: bare loop")
+	selfCPU0 = SelfCPU()
 	res.BareElapsed, err = BareLoop(ctx, h.recv.URL+"/hook", h.key, cfg.Items, cfg.Concurrency, cfg.PayloadPad)
 	if err != nil {
 		return res, err
 	}
+	res.BareCPUPerItem = perItem(SelfCPU()-selfCPU0, cfg.Items)
 	res.BarePerSec = float64(cfg.Items) / res.BareElapsed.Seconds()
 	res.Ratio = res.ItemsPerSec / res.BarePerSec
 	if bad, _ := h.recv.BadSignatures(); bad != 0 {
@@ -403,11 +430,20 @@ func RunIngestAndSend(ctx context.Context, cfg Config, rows int) (IngestResult, 
 	if err != nil {
 		return res, err
 	}
+	cpu0, err := ProcessCPU(h.srv.PID())
+	if err != nil {
+		return res, err
+	}
 	start := time.Now()
 	if err := h.uploadCSV(ctx, id, rows); err != nil {
 		return res, err
 	}
 	res.IngestElapsed = time.Since(start)
+	cpu1, err := ProcessCPU(h.srv.PID())
+	if err != nil {
+		return res, err
+	}
+	res.IngestCPU = cpu1 - cpu0
 	res.RowsPerSec = float64(rows) / res.IngestElapsed.Seconds()
 	if res.IngestRSS, err = h.srv.PeakRSS(); err != nil {
 		return res, err
@@ -418,6 +454,11 @@ func RunIngestAndSend(ctx context.Context, cfg Config, rows int) (IngestResult, 
 		return res, fmt.Errorf("%w\nserver log tail:\n%s", err, tail(h.srv.Log(), 3000))
 	}
 	res.ItemsPerSec = float64(rows) / res.SendElapsed.Seconds()
+	cpu2, err := ProcessCPU(h.srv.PID())
+	if err != nil {
+		return res, err
+	}
+	res.SendCPU = cpu2 - cpu1
 	if res.PeakRSS, err = h.srv.PeakRSS(); err != nil {
 		return res, err
 	}
@@ -425,6 +466,48 @@ func RunIngestAndSend(ctx context.Context, cfg Config, rows int) (IngestResult, 
 		return res, fmt.Errorf("receiver saw %d bad signatures", bad)
 	}
 	return res, nil
+}
+
+func perItem(d time.Duration, n int) time.Duration {
+	if n == 0 {
+		return 0
+	}
+	return (d / time.Duration(n)).Round(100 * time.Nanosecond)
+}
+
+// ProcessCPU returns the user+system CPU time a process has used so far,
+// from /proc/PID/stat (in clock ticks of 1/100 s, the Linux USER_HZ).
+func ProcessCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("reading process CPU time: %w", err)
+	}
+	// The command name (field 2) may hold spaces; fields after it are
+	// counted from its closing parenthesis: utime and stime are the 12th
+	// and 13th there.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+// SelfCPU returns the user+system CPU time this process has used so far.
+func SelfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func tail(s string, n int) string {
