@@ -47,9 +47,20 @@ func (s *Store) ItemList(ctx context.Context, p batchsender.ItemListParams) ([]b
 	if err := s.pool.QueryRow(ctx, `SELECT 1 FROM batches WHERE id = $1 AND project_id = $2`, p.BatchID, p.ProjectID).Scan(&one); err != nil {
 		return nil, notFound(err, "batch", "listing items")
 	}
+	// The status goes into the SQL text as a literal (it is one of the
+	// known constants), so the planner can match it to the partial indexes
+	// whatever plan it caches.
+	filter := ""
+	if p.Status != "" {
+		st, err := batchsender.ParseItemStatus(string(p.Status))
+		if err != nil {
+			return nil, err
+		}
+		filter = ` AND status = '` + string(st) + `'`
+	}
 	rows, err := s.pool.Query(ctx, `SELECT `+itemColumns+` FROM items
-		WHERE batch_id = $1 AND seq > $2 AND ($3 = '' OR status = $3)
-		ORDER BY seq LIMIT $4`, p.BatchID, p.AfterSeq, string(p.Status), limit(p.Limit, 100, 10_000))
+		WHERE batch_id = $1 AND seq > $2`+filter+`
+		ORDER BY seq LIMIT $3`, p.BatchID, p.AfterSeq, limit(p.Limit, 100, 10_000))
 	if err != nil {
 		return nil, fmt.Errorf("listing items: %w", err)
 	}
@@ -121,13 +132,19 @@ func (s *Store) ChunkClaim(ctx context.Context, p batchsender.ChunkClaimParams) 
 		rows, err := tx.Query(ctx, `WITH claimed AS (
 				UPDATE items SET status = 'in_flight', attempts = attempts + 1,
 					lease_owner = $2, lease_expires_at = $3, updated_at = $4
-				WHERE id IN (
-					SELECT id FROM items
+				-- By ctid: a TID scan of exactly the rows just locked. With
+				-- "id IN (...)" the planner hashes the subquery against a
+				-- scan of the whole items table once a batch is large. The
+				-- ctids are stable: the rows are locked, and the batch lock
+				-- taken before this statement keeps every other writer of
+				-- this batch's items out.
+				WHERE ctid = ANY(ARRAY(
+					SELECT ctid FROM items
 					WHERE batch_id = $1 AND status = 'pending' AND next_attempt_at <= $4
 					ORDER BY next_attempt_at, seq
 					LIMIT $5
 					FOR UPDATE SKIP LOCKED
-				)
+				))
 				RETURNING `+itemColumns+`
 			), counted AS (
 				UPDATE batches SET count_pending = count_pending - c.n, count_in_flight = count_in_flight + c.n, updated_at = $4
@@ -221,7 +238,12 @@ var resultsSQL = `WITH r AS (
 			units = i.units + r.units,
 			lease_owner = NULL, lease_expires_at = NULL, updated_at = $14
 		FROM r, batches b
-		WHERE i.id = r.item_id AND b.id = i.batch_id AND i.status = 'in_flight' AND i.lease_owner = r.owner
+		-- "In flight under the owner" is said as lease_owner = owner alone
+		-- (the items_lease_iff_in_flight constraint makes them the same):
+		-- a status condition would lead the planner to scan every item in
+		-- flight through items_lease instead of one primary key lookup per
+		-- result.
+		WHERE i.id = ANY($1::text[]) AND i.id = r.item_id AND b.id = i.batch_id AND i.lease_owner = r.owner
 		RETURNING i.id, i.batch_id, i.project_id, i.attempts, i.status AS to_status
 	), moved AS (
 		SELECT batch_id, to_status FROM updated
@@ -333,7 +355,8 @@ func (s *Store) ItemsRelease(ctx context.Context, owner string, itemIDs []string
 					attempts = greatest(i.attempts - 1, 0),
 					lease_owner = NULL, lease_expires_at = NULL, updated_at = $3
 				FROM batches b
-				WHERE i.id = ANY($1) AND b.id = i.batch_id AND i.status = 'in_flight' AND i.lease_owner = $2
+				-- lease_owner alone means in flight; see resultsSQL.
+				WHERE i.id = ANY($1) AND b.id = i.batch_id AND i.lease_owner = $2
 				RETURNING i.batch_id, i.status AS to_status
 			), moved AS (
 				SELECT batch_id, to_status FROM updated

@@ -70,6 +70,15 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger) (*Store,
 	if err != nil {
 		return nil, fmt.Errorf("parsing database URL: %w", err)
 	}
+	// BatchSender's working set (due items, items in flight) is small and
+	// hot, so index lookups cost about what sequential reads do. With the
+	// default random_page_cost of 4 (tuned for spinning disks) the planner
+	// writes a chunk's results by scanning the whole items table of a
+	// mid-sized installation rather than looking up 500 keys. Only this
+	// store's sessions are affected; the URL may set another value.
+	if _, ok := cfg.ConnConfig.RuntimeParams["random_page_cost"]; !ok {
+		cfg.ConnConfig.RuntimeParams["random_page_cost"] = "1.1"
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to postgres: %w", err)

@@ -90,15 +90,22 @@ CREATE TABLE items (
     lease_expires_at    timestamptz,
     units               integer NOT NULL DEFAULT 0, -- billable units used over all attempts
     updated_at          timestamptz NOT NULL,
-    UNIQUE (batch_id, seq)
+    UNIQUE (batch_id, seq),
+    -- A lease exists exactly while the item is in flight. Result writes and
+    -- releases rely on it: they find their items by ID and lease owner
+    -- alone, so the planner fetches them through the primary key.
+    CONSTRAINT items_lease_iff_in_flight CHECK ((status = 'in_flight') = (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL))
 );
 
 -- ChunkClaim walks this index in claim order and takes the first due rows.
 CREATE INDEX items_due ON items (batch_id, next_attempt_at, seq) WHERE status = 'pending';
 -- LeasesRescue finds expired leases without scanning finished items.
 CREATE INDEX items_lease ON items (lease_expires_at) WHERE status = 'in_flight';
--- ItemList filtered by status pages on seq.
-CREATE INDEX items_batch_status ON items (batch_id, status, seq);
+-- ItemList of the items that need attention (failed, unknown) pages on seq
+-- without walking the whole batch. Partial, so that the claim and result
+-- updates of all other items skip it: every index on items costs an entry
+-- on each of those updates. Listing other statuses walks (batch_id, seq).
+CREATE INDEX items_problems ON items (batch_id, seq) WHERE status IN ('failed', 'unknown');
 
 -- One row per attempt at an item; retry_failed restarts the attempt
 -- numbers, so (item_id, number) is not unique over an item's life.
