@@ -101,7 +101,18 @@ type server struct {
 // Event streams end when the request's context ends: a program that shuts
 // its http.Server down gracefully should cancel the server's BaseContext
 // (for instance from RegisterOnShutdown) so open streams close.
+//
+// It panics when Store, Providers or Sealer is missing: that is a wiring
+// mistake to catch at start, not a request's fault.
 func NewServer(d Deps) http.Handler {
+	switch {
+	case d.Store == nil:
+		panic("httpapi: Deps.Store is required")
+	case d.Providers == nil:
+		panic("httpapi: Deps.Providers is required")
+	case d.Sealer == nil:
+		panic("httpapi: Deps.Sealer is required")
+	}
 	s := &server{Deps: d.withDefaults(), metrics: newHTTPMetrics()}
 	mux := http.NewServeMux()
 	s.routes(mux)
