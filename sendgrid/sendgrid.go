@@ -5,13 +5,15 @@
 //
 // How per-item content fits one call: each personalization carries its
 // item's recipient, subject, headers (List-Unsubscribe, custom headers) and
-// custom_args.batchsender_item_id (echoed in SendGrid's events). When the
-// items' bodies differ, the request's content is a placeholder and each
-// personalization's substitutions carry its rendered HTML and text; SendGrid
-// allows 10,000 bytes of substitutions per personalization, so items whose
-// bodies are larger share a call only with items of identical bodies (a
-// newsletter without personalized body: one call; a large body that
-// differs per item: one call per item, a known limit). SendGrid also refuses
+// custom_args.batchsender_item_id (echoed in SendGrid's events). The bodies
+// are cut into segments after every '>' and line break; the segments that
+// are the same for every item of the call stay in the request's content,
+// and each run of segments that differs becomes a substitution tag whose
+// per-personalization value is that item's text. A 30 KB newsletter
+// personalized with a name and an unsubscribe link thus needs only a few
+// hundred bytes of substitutions per item. SendGrid allows 10,000 bytes of
+// substitutions per personalization: an item over it shares a call only
+// with items of identical bodies (at worst a call of its own). SendGrid also refuses
 // an address twice in one request, so a repeated recipient goes to the next
 // call. Items with a different sender (per-item "from" or "reply_to") are
 // sent in separate calls.
@@ -54,9 +56,6 @@ const (
 	MaxSubstitutionBytes = 10000
 	// CustomArgKey is the custom_args field carrying the item ID.
 	CustomArgKey = "batchsender_item_id"
-	// Substitution tags standing for an item's bodies.
-	htmlTag = "-bs_html_body-"
-	textTag = "-bs_text_body-"
 	// maxRequestBytes keeps a call under SendGrid's 30 MB message limit.
 	maxRequestBytes = 28 << 20
 )
@@ -233,56 +232,195 @@ type rendered struct {
 	m    *email.Message
 	text string
 	html string
+	// hseg and tseg are the bodies cut into segments (see segments).
+	hseg, tseg []string
+}
+
+// segments cuts a body after every '>' and line break: the places where
+// template text and substituted values usually meet, in HTML (also
+// minified) and in text.
+func segments(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == '>' || s[i] == '\n' {
+			out = append(out, s[start:i+1])
+			start = i + 1
+		}
+	}
+	if start < len(s) {
+		out = append(out, s[start:])
+	}
+	return out
+}
+
+// span is a run of segments [from, to) that differs between the items of a
+// group; it becomes one substitution tag.
+type span struct{ from, to int }
+
+// diffSpans returns the runs of segment positions where any item differs
+// from the first.
+func diffSpans(items []rendered, seg func(rendered) []string) []span {
+	first := seg(items[0])
+	differs := make([]bool, len(first))
+	for _, r := range items[1:] {
+		for k, x := range seg(r) {
+			if x != first[k] {
+				differs[k] = true
+			}
+		}
+	}
+	var out []span
+	for k := 0; k < len(differs); k++ {
+		if !differs[k] {
+			continue
+		}
+		from := k
+		for k < len(differs) && differs[k] {
+			k++
+		}
+		out = append(out, span{from, k})
+	}
+	return out
+}
+
+// group is items that share a sender and a body skeleton: the segments
+// outside its spans are the same for all of them.
+type group struct {
+	items  []rendered
+	hspans []span
+	tspans []span
+}
+
+func tag(kind byte, k int) string { return fmt.Sprintf("-bs_%c%d-", kind, k) }
+
+// skeleton is a body with the group's spans replaced by tags.
+func skeleton(segs []string, spans []span, kind byte) string {
+	var b strings.Builder
+	k, next := 0, 0
+	for next < len(spans) || k < len(segs) {
+		if next < len(spans) && k == spans[next].from {
+			b.WriteString(tag(kind, next))
+			k = spans[next].to
+			next++
+			continue
+		}
+		if k >= len(segs) {
+			break
+		}
+		b.WriteString(segs[k])
+		k++
+	}
+	return b.String()
+}
+
+// substitutions are an item's values for a group's tags.
+func (g *group) substitutions(r rendered) map[string]string {
+	if len(g.hspans)+len(g.tspans) == 0 {
+		return nil
+	}
+	out := map[string]string{}
+	for k, sp := range g.hspans {
+		out[tag('h', k)] = strings.Join(r.hseg[sp.from:sp.to], "")
+	}
+	for k, sp := range g.tspans {
+		out[tag('t', k)] = strings.Join(r.tseg[sp.from:sp.to], "")
+	}
+	return out
+}
+
+func substitutionSize(m map[string]string) int {
+	n := 0
+	for k, v := range m {
+		n += len(k) + len(v)
+	}
+	return n
 }
 
 // call is one Mail Send request being assembled.
 type call struct {
+	g     *group
 	items []rendered
 	addrs map[string]bool
 	size  int
 }
 
-// groupKey says which items may share a call: the same sender and, for
-// items whose bodies are too large to be substitutions, the same bodies
-// (sent as the call's content).
-func groupKey(r rendered) string {
-	k := r.m.From.String()
-	for _, a := range r.m.ReplyTo {
-		k += "\x00" + a.String()
+// grouping returns the groups of a chunk: items with the same sender and
+// the same number of segments share a skeleton; items whose substitutions
+// would pass SendGrid's limit form groups of identical bodies instead (a
+// large body that differs per item: a group of one).
+func grouping(items []rendered) []*group {
+	var order []string
+	byKey := map[string][]rendered{}
+	for _, r := range items {
+		k := r.m.From.String()
+		for _, a := range r.m.ReplyTo {
+			k += "\x00" + a.String()
+		}
+		k += fmt.Sprintf("\x00%d/%d", len(r.hseg), len(r.tseg))
+		if _, ok := byKey[k]; !ok {
+			order = append(order, k)
+		}
+		byKey[k] = append(byKey[k], r)
 	}
-	if len(r.html)+len(r.text)+len(htmlTag)+len(textTag) > MaxSubstitutionBytes {
-		sum := sha256.Sum256([]byte(r.html + "\x00" + r.text))
-		k += "\x00body:" + hex.EncodeToString(sum[:])
+	var out []*group
+	for _, k := range order {
+		rs := byKey[k]
+		g := &group{hspans: diffSpans(rs, func(r rendered) []string { return r.hseg }),
+			tspans: diffSpans(rs, func(r rendered) []string { return r.tseg })}
+		big := map[string]*group{}
+		var bigOrder []string
+		for _, r := range rs {
+			if substitutionSize(g.substitutions(r)) <= MaxSubstitutionBytes {
+				g.items = append(g.items, r)
+				continue
+			}
+			sum := sha256.Sum256([]byte(r.html + "\x00" + r.text))
+			bk := hex.EncodeToString(sum[:])
+			if big[bk] == nil {
+				big[bk] = &group{}
+				bigOrder = append(bigOrder, bk)
+			}
+			big[bk].items = append(big[bk].items, r)
+		}
+		if len(g.items) > 0 {
+			out = append(out, g)
+		}
+		for _, bk := range bigOrder {
+			out = append(out, big[bk])
+		}
 	}
-	return k
+	return out
 }
 
-// plan groups a chunk's items into as few calls as SendGrid allows.
+// plan cuts a chunk's groups into as few calls as SendGrid allows: at most
+// 1,000 personalizations, each address once, under the size limit.
 func plan(items []rendered) []*call {
 	var calls []*call
-	groups := map[string][]*call{}
-	for _, r := range items {
-		addr := strings.ToLower(r.m.To[0].Address)
-		size := len(r.html) + len(r.text) + len(r.m.Subject) + 512
-		for _, h := range r.m.Headers {
-			size += len(h.Name) + len(h.Value)
-		}
-		k := groupKey(r)
-		var target *call
-		for _, c := range groups[k] {
-			if !c.addrs[addr] && len(c.items) < MaxPersonalizations && c.size+size <= maxRequestBytes {
-				target = c
-				break
+	for _, g := range grouping(items) {
+		var open []*call
+		for _, r := range g.items {
+			addr := strings.ToLower(r.m.To[0].Address)
+			size := substitutionSize(g.substitutions(r)) + len(r.m.Subject) + 512
+			for _, h := range r.m.Headers {
+				size += len(h.Name) + len(h.Value)
 			}
+			var target *call
+			for _, c := range open {
+				if !c.addrs[addr] && len(c.items) < MaxPersonalizations && c.size+size <= maxRequestBytes {
+					target = c
+					break
+				}
+			}
+			if target == nil {
+				target = &call{g: g, addrs: map[string]bool{}, size: len(r.html) + len(r.text)}
+				open = append(open, target)
+				calls = append(calls, target)
+			}
+			target.items = append(target.items, r)
+			target.addrs[addr] = true
+			target.size += size
 		}
-		if target == nil {
-			target = &call{addrs: map[string]bool{}}
-			groups[k] = append(groups[k], target)
-			calls = append(calls, target)
-		}
-		target.items = append(target.items, r)
-		target.addrs[addr] = true
-		target.size += size
 	}
 	return calls
 }
@@ -298,38 +436,22 @@ func (s *sender) request(c *call) mailSend {
 		req.MailSettings = &mailSettings{}
 		req.MailSettings.SandboxMode.Enable = true
 	}
-	same := true
-	for _, r := range c.items[1:] {
-		if r.html != first.html || r.text != first.text {
-			same = false
-			break
-		}
-	}
-	if same {
-		req.Content = bodyContent(first.text, first.html)
-	} else {
-		req.Content = bodyContent(textTag, htmlTag)
-		if first.html == "" {
-			req.Content = bodyContent(textTag, "")
-		}
-	}
+	// The group's first item is the skeleton's model: outside the spans
+	// every item of the group has the same segments.
+	model := c.g.items[0]
+	req.Content = bodyContent(skeleton(model.tseg, c.g.tspans, 't'), skeleton(model.hseg, c.g.hspans, 'h'))
 	for _, r := range c.items {
 		p := personalization{
-			To:         []address{{Email: r.m.To[0].Address, Name: r.m.To[0].Name}},
-			Subject:    r.m.Subject,
-			CustomArgs: map[string]string{CustomArgKey: r.id},
+			To:            []address{{Email: r.m.To[0].Address, Name: r.m.To[0].Name}},
+			Subject:       r.m.Subject,
+			CustomArgs:    map[string]string{CustomArgKey: r.id},
+			Substitutions: c.g.substitutions(r),
 		}
 		for _, h := range append(unsubscribeHeaders(r.m), r.m.Headers...) {
 			if p.Headers == nil {
 				p.Headers = map[string]string{}
 			}
 			p.Headers[h.Name] = h.Value
-		}
-		if !same {
-			p.Substitutions = map[string]string{textTag: r.text}
-			if first.html != "" {
-				p.Substitutions[htmlTag] = r.html
-			}
 		}
 		req.Personalizations = append(req.Personalizations, p)
 	}
@@ -359,41 +481,13 @@ func (s *sender) Send(ctx context.Context, items []sdk.Item) []sdk.Result {
 			continue
 		}
 		text, html := bodies(m)
-		// Bodies with both parts differing between items need an html
-		// placeholder in every personalization of a call: an item
-		// without HTML in a batch with HTML gets its text as HTML.
-		ready = append(ready, rendered{i: i, id: it.ID, m: m, text: text, html: html})
-	}
-	hasHTML := false
-	for _, r := range ready {
-		hasHTML = hasHTML || r.html != ""
-	}
-	for k := range ready {
-		if hasHTML && ready[k].html == "" {
-			ready[k].html = "<pre>" + htmlEscape(ready[k].text) + "</pre>"
-		}
+		ready = append(ready, rendered{i: i, id: it.ID, m: m, text: text, html: html,
+			hseg: segments(html), tseg: segments(text)})
 	}
 	for _, c := range plan(ready) {
 		s.send(ctx, c, res)
 	}
 	return res
-}
-
-func htmlEscape(s string) string {
-	var b bytes.Buffer
-	for _, r := range s {
-		switch r {
-		case '<':
-			b.WriteString("&lt;")
-		case '>':
-			b.WriteString("&gt;")
-		case '&':
-			b.WriteString("&amp;")
-		default:
-			b.WriteRune(r)
-		}
-	}
-	return b.String()
 }
 
 type apiErrors struct {

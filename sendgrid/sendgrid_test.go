@@ -153,6 +153,40 @@ func TestLargeBodies(t *testing.T) {
 	}
 }
 
+func TestLargePersonalizedNewsletterSharesACall(t *testing.T) {
+	t.Parallel()
+	var body strings.Builder
+	body.WriteString(`<html><body><h1>Hello {{ first_name }}</h1>\n`)
+	for i := range 200 {
+		fmt.Fprintf(&body, `<p class=\"x\">Paragraph %d of the newsletter, the same for everyone.</p>\n`, i)
+	}
+	body.WriteString(`<a href=\"{{ unsubscribe_url }}\">Unsubscribe {{ first_name }}</a></body></html>`)
+	f, s := setup(t, json.RawMessage(`{"from":"a@example.com","subject":"News for {{ first_name }}","html":"`+body.String()+`"}`))
+	its := items(300)
+	// A value with '>' changes the text's segment count: that item gets
+	// its own skeleton, still rendered right.
+	its[5].Data = json.RawMessage(`{"to":"odd@example.com","first_name":"A > B"}`)
+	allOK(t, s.Send(context.Background(), its))
+	calls := f.Calls()
+	if len(calls) != 2 || calls[0].Items != 299 {
+		t.Errorf("calls = %+v, want 299 items then 1", calls)
+	}
+	msgs := f.Messages()
+	byKey := map[string]providerfakes.Message{}
+	for _, m := range msgs {
+		byKey[m.Key] = m
+	}
+	m := byKey["itm_0042"]
+	if len(m.HTML) < 14000 || !strings.HasPrefix(m.HTML, "<html><body><h1>Hello U42</h1>") ||
+		!strings.HasSuffix(m.HTML, `<a href="https://bs.example.com/u/itm_0042">Unsubscribe U42</a></body></html>`) ||
+		!strings.Contains(m.Text, "Paragraph 199 of the newsletter") {
+		t.Errorf("item 42 html starts %q ends %q", m.HTML[:40], m.HTML[len(m.HTML)-80:])
+	}
+	if odd := byKey["itm_0005"]; !strings.Contains(odd.HTML, "<h1>Hello A &gt; B</h1>") {
+		t.Errorf("odd item html starts %q", odd.HTML[:60])
+	}
+}
+
 func TestRateLimitUsesReset(t *testing.T) {
 	t.Parallel()
 	f, s := setup(t, template)
