@@ -21,7 +21,7 @@ func TestProblemDocumentsGolden(t *testing.T) {
 	}{
 		{"unauthorized_missing", call{method: "GET", path: "/v1/batches", key: keyOf(""), badRequest: true}},
 		{"unauthorized_wrong", call{method: "GET", path: "/v1/batches", key: keyOf("bsk_aaaaaaaaaaaa_nope"), badRequest: true}},
-		{"not_found", call{method: "GET", path: "/v1/batches/bat_missing"}},
+		{"not_found", call{method: "GET", path: "/v1/nothing", unrouted: true}},
 		{"invalid", call{method: "POST", path: "/v1/batches", json: map[string]any{"module": "test"}, badRequest: true}},
 		{"invalid_json", call{method: "POST", path: "/v1/batches", body: `{"module":`, contentType: "application/json", badRequest: true}},
 		{"unsupported_media_type", call{method: "POST", path: "/v1/batches/bat_missing/items", body: "x", contentType: "text/plain", badRequest: true}},
