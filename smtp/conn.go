@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
-	gosmtp "github.com/emersion/go-smtp"
 
 	"github.com/batchsender/batchsender/email"
 	"github.com/batchsender/batchsender/sdk"
@@ -35,7 +34,7 @@ func (t *trackConn) Write(b []byte) (int, error) {
 
 // conn is one SMTP session that carries many messages.
 type conn struct {
-	cl       *gosmtp.Client
+	cl       *client
 	raw      *trackConn
 	sent     int
 	failed   bool // the last transaction failed: RSET before the next
@@ -54,21 +53,21 @@ const (
 
 // send carries one message through MAIL, RCPT and DATA.
 func (c *conn) send(ctx context.Context, timeout time.Duration, m *email.Message, raw []byte) (sdk.Result, stage) {
-	// go-smtp is not context-aware: closing the socket is the way to make
-	// a blocked read or write return when ctx ends.
+	// Closing the socket is the way to make a blocked read or write return
+	// when ctx ends.
 	stop := context.AfterFunc(ctx, func() { c.raw.Close() })
 	defer stop()
-	c.cl.CommandTimeout, c.cl.SubmissionTimeout = timeout, timeout
+	c.cl.timeout = timeout
 	c.inData = false
 	c.lastUsed = time.Now()
 	fail := func(step string, err error) (sdk.Result, stage) {
-		var se *gosmtp.SMTPError
-		if errors.As(err, &se) {
+		var re *replyError
+		if errors.As(err, &re) {
 			st := stageRejected
-			if se.Code == 421 {
+			if re.Code == 421 {
 				st = stageBroken // "service closing"
 			}
-			return smtpResult(step, se), st
+			return smtpResult(step, re), st
 		}
 		if ctx.Err() != nil {
 			err = ctx.Err()
@@ -76,52 +75,41 @@ func (c *conn) send(ctx context.Context, timeout time.Duration, m *email.Message
 		return sdk.Retry(fmt.Errorf("%s: %w", step, err)), stageBroken
 	}
 	if c.failed {
-		if err := c.cl.Reset(); err != nil {
+		if _, _, err := c.cl.cmd(2, "RSET"); err != nil {
 			r, _ := fail("RSET", err)
 			return r, stageBroken
 		}
 		c.failed = false
 	}
-	if err := c.cl.Mail(m.From.Address, nil); err != nil {
+	if err := c.cl.envelope(m.From.Address, m.Recipients()); err != nil {
+		var te *txError
+		if errors.As(err, &te) {
+			return fail(te.step, te.err)
+		}
 		return fail("MAIL FROM", err)
 	}
-	for _, rcpt := range m.Recipients() {
-		if err := c.cl.Rcpt(rcpt, nil); err != nil {
-			return fail("RCPT TO", err)
-		}
-	}
-	w, err := c.cl.Data()
-	if err != nil {
-		return fail("DATA", err)
-	}
 	c.inData = true
-	if _, err := w.Write(raw); err != nil {
+	c.raw.writeFailed.Store(false)
+	if err := c.cl.body(raw); err != nil {
+		// The final "." did not leave: the server cannot accept a
+		// message it did not receive in full.
 		r, _ := fail("writing message", err)
 		return r, stageBroken
 	}
-	c.raw.writeFailed.Store(false)
-	resp, err := w.CloseWithResponse()
+	_, msg, err := c.cl.reply(2)
 	if err != nil {
-		var se *gosmtp.SMTPError
-		switch {
-		case errors.As(err, &se):
+		var re *replyError
+		if errors.As(err, &re) {
 			return fail("end of DATA", err)
-		case c.raw.writeFailed.Load():
-			// The final "." did not leave: the server cannot accept a
-			// message it did not receive in full.
-			r, _ := fail("writing end of message", err)
-			return r, stageBroken
-		default:
-			if ctx.Err() != nil {
-				err = ctx.Err()
-			}
-			r := sdk.Unknown(fmt.Errorf("message sent, no reply from the server: %w", err))
-			return r, stageBroken
 		}
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return sdk.Unknown(fmt.Errorf("message sent, no reply from the server: %w", err)), stageBroken
 	}
 	r := sdk.OK(m.MessageID)
 	r.StatusCode = 250
-	r.Response = truncate(resp.StatusText, responseLimit)
+	r.Response = truncate(msg, responseLimit)
 	return r, stageOK
 }
 
@@ -142,38 +130,36 @@ func (p *Provider) dial(ctx context.Context) (*conn, error) {
 			nc.Close()
 		}
 	}()
-	var cl *gosmtp.Client
+	var cl *client
 	switch p.cfg.TLS {
 	case tlsOn:
 		tlsc := tls.Client(tc, p.tlsConf)
 		if err := tlsc.HandshakeContext(ctx); err != nil {
 			return nil, fmt.Errorf("TLS handshake: %w", err)
 		}
-		cl = gosmtp.NewClient(tlsc)
-	case tlsStart:
-		// go-smtp announces "localhost" in the EHLO before STARTTLS; the
-		// configured name follows on the secured session.
-		if cl, err = gosmtp.NewClientStartTLS(tc, p.tlsConf); err != nil {
+		cl = newClient(tc, tlsc, p.timeout)
+	default:
+		cl = newClient(tc, tc, p.timeout)
+	}
+	if err := cl.hello(p.cfg.HELO, true); err != nil {
+		return nil, fmt.Errorf("EHLO: %w", err)
+	}
+	if p.cfg.TLS == tlsStart {
+		if err := cl.startTLS(p.tlsConf, p.cfg.HELO); err != nil {
 			return nil, fmt.Errorf("STARTTLS: %w", err)
 		}
-	default:
-		cl = gosmtp.NewClient(tc)
-	}
-	cl.CommandTimeout, cl.SubmissionTimeout = p.timeout, p.timeout
-	if err := cl.Hello(p.cfg.HELO); err != nil {
-		return nil, fmt.Errorf("EHLO: %w", err)
 	}
 	if p.secrets.Username != "" {
 		var a sasl.Client
 		switch {
-		case cl.SupportsAuth("PLAIN"):
+		case cl.supportsAuth("PLAIN"):
 			a = sasl.NewPlainClient("", p.secrets.Username, p.secrets.Password)
-		case cl.SupportsAuth("LOGIN"):
+		case cl.supportsAuth("LOGIN"):
 			a = sasl.NewLoginClient(p.secrets.Username, p.secrets.Password)
 		default:
 			return nil, errors.New("the server offers neither AUTH PLAIN nor AUTH LOGIN")
 		}
-		if err := cl.Auth(a); err != nil {
+		if err := cl.auth(a); err != nil {
 			return nil, fmt.Errorf("AUTH: %w", err)
 		}
 	}
@@ -253,9 +239,4 @@ func (pl *pool) close() {
 }
 
 // quit ends a session politely, waiting at most a second for the reply.
-func quit(c *conn) {
-	c.cl.CommandTimeout = time.Second
-	if err := c.cl.Quit(); err != nil {
-		c.raw.Close()
-	}
-}
+func quit(c *conn) { c.cl.quit() }

@@ -17,7 +17,10 @@
 // {"username", "password"}; credentials are never sent over a connection
 // without TLS unless the host is a loopback address.
 //
-// Sending: each item becomes one message to its "to" address. A Send call
+// Sending: each item becomes one message to its "to" address. The client
+// (client.go) is this package's own: with PIPELINING (RFC 2920) MAIL, RCPT
+// and DATA leave in one write, so a message costs two round trips on a
+// pooled session; without it commands go one at a time. A Send call
 // spreads its chunk over up to pool_size connections; a connection is kept
 // for the next message and chunk until it has carried
 // max_messages_per_connection messages or idled for 30s. RSET is sent only
@@ -58,8 +61,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	gosmtp "github.com/emersion/go-smtp"
 
 	"github.com/batchsender/batchsender/email"
 	"github.com/batchsender/batchsender/sdk"
@@ -294,24 +295,8 @@ func (s *Sender) ValidateItem(data json.RawMessage) error { return s.tmpl.Valida
 // per item, in order.
 func (s *Sender) Send(ctx context.Context, items []sdk.Item) []sdk.Result {
 	res := make([]sdk.Result, len(items))
-	type job struct {
-		i   int
-		msg *email.Message
-		raw []byte
-	}
-	jobs := make([]job, 0, len(items))
-	for i, it := range items {
-		m, err := s.tmpl.Render(it.ID, it.Data)
-		if err == nil {
-			var raw []byte
-			if raw, err = m.Bytes(); err == nil {
-				jobs = append(jobs, job{i: i, msg: m, raw: raw})
-				continue
-			}
-		}
-		res[i] = sdk.Permanent(fmt.Errorf("rendering message: %w", err))
-	}
-	workers := min(s.p.cfg.PoolSize, len(jobs))
+	// Workers render and send, so rendering overlaps the network waits.
+	workers := min(s.p.cfg.PoolSize, len(items))
 	var (
 		next    atomic.Int64
 		stalled atomic.Bool // a message timed out: do not start more
@@ -326,27 +311,35 @@ func (s *Sender) Send(ctx context.Context, items []sdk.Item) []sdk.Result {
 				}
 			}()
 			for {
-				k := int(next.Add(1)) - 1
-				if k >= len(jobs) {
+				i := int(next.Add(1)) - 1
+				if i >= len(items) {
 					return
 				}
-				j := jobs[k]
+				m, err := s.tmpl.Render(items[i].ID, items[i].Data)
+				var raw []byte
+				if err == nil {
+					raw, err = m.Bytes()
+				}
+				if err != nil {
+					res[i] = sdk.Permanent(fmt.Errorf("rendering message: %w", err))
+					continue
+				}
 				if err := ctx.Err(); err != nil {
-					res[j.i] = sdk.Retry(fmt.Errorf("not sent: %w", err))
+					res[i] = sdk.Retry(fmt.Errorf("not sent: %w", err))
 					continue
 				}
 				if stalled.Load() {
-					res[j.i] = sdk.Retry(errors.New("not sent: an earlier message of this chunk timed out"))
+					res[i] = sdk.Retry(errors.New("not sent: an earlier message of this chunk timed out"))
 					continue
 				}
 				start := time.Now()
 				var r sdk.Result
-				c, r = s.p.sendOne(ctx, c, j.msg, j.raw)
+				c, r = s.p.sendOne(ctx, c, m, raw)
 				r.Latency = time.Since(start)
 				if r.Outcome == sdk.OutcomeUnknown || isTimeout(r.Err) {
 					stalled.Store(true)
 				}
-				res[j.i] = r
+				res[i] = r
 			}
 		})
 	}
@@ -391,28 +384,28 @@ func (p *Provider) sendOne(ctx context.Context, c *conn, m *email.Message, raw [
 	}
 }
 
-// classifyDial turns a connection setup error into a result.
+// classifyDial turns a connection setup error into a result: an SMTP
+// error reply (535 auth failed, 554 no service) by its code, anything
+// else (network, TLS) as Retry.
 func classifyDial(err error) sdk.Result {
-	var se *gosmtp.SMTPError
-	if errors.As(err, &se) {
-		return smtpResult("connecting", se)
+	var re *replyError
+	if errors.As(err, &re) {
+		return smtpResult("connecting", re)
 	}
 	return sdk.Retry(fmt.Errorf("connecting: %w", err))
 }
 
-func smtpResult(stage string, se *gosmtp.SMTPError) sdk.Result {
-	text := fmt.Sprintf("%d %s", se.Code, se.Message)
-	if se.EnhancedCode != gosmtp.NoEnhancedCode && se.EnhancedCode != (gosmtp.EnhancedCode{}) {
-		text = fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
-	}
-	err := fmt.Errorf("%s: smtp %s", stage, text)
+// smtpResult classifies an SMTP error reply: 5xx permanent, else retry.
+func smtpResult(step string, re *replyError) sdk.Result {
+	text := re.Error()
+	err := fmt.Errorf("%s: smtp %s", step, text)
 	var r sdk.Result
-	if se.Code >= 500 {
+	if re.Code >= 500 {
 		r = sdk.Permanent(err)
 	} else {
 		r = sdk.Retry(err)
 	}
-	r.StatusCode = se.Code
+	r.StatusCode = re.Code
 	r.Response = truncate(text, responseLimit)
 	return r
 }

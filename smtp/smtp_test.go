@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -454,5 +455,99 @@ func TestCompileAndValidateErrors(t *testing.T) {
 	r := s.Send(context.Background(), []sdk.Item{{ID: "itm_bad", Attempt: 1, Data: json.RawMessage(`{"to":"nope"}`)}})
 	if r[0].Outcome != sdk.OutcomePermanent {
 		t.Errorf("unrenderable item: %+v", r[0])
+	}
+}
+
+// TestPipelining talks to a scripted server with and without PIPELINING:
+// without it each command waits for its reply (the server sees nothing
+// buffered after a command line); with it MAIL, RCPT and DATA arrive
+// together.
+func TestPipelining(t *testing.T) {
+	t.Parallel()
+	for _, pipelining := range []bool{false, true} {
+		t.Run(fmt.Sprint(pipelining), func(t *testing.T) {
+			t.Parallel()
+			testPipelining(t, pipelining)
+		})
+	}
+}
+
+func testPipelining(t *testing.T, pipelining bool) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type seen struct {
+		line     string
+		buffered int
+	}
+	log := make(chan []seen, 1)
+	go func() {
+		var lines []seen
+		defer func() { log <- lines }()
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		fmt.Fprint(c, "220 scripted ESMTP\r\n")
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			line = strings.TrimRight(line, "\r\n")
+			lines = append(lines, seen{line, r.Buffered()})
+			switch {
+			case strings.HasPrefix(line, "EHLO"):
+				if pipelining {
+					fmt.Fprint(c, "250-scripted\r\n250-PIPELINING\r\n250 AUTH PLAIN LOGIN\r\n")
+				} else {
+					fmt.Fprint(c, "250-scripted\r\n250 AUTH PLAIN LOGIN\r\n")
+				}
+			case strings.HasPrefix(line, "AUTH"):
+				fmt.Fprint(c, "235 2.7.0 ok\r\n")
+			case line == "DATA":
+				fmt.Fprint(c, "354 go ahead\r\n")
+				for {
+					l, err := r.ReadString('\n')
+					if err != nil || l == ".\r\n" {
+						break
+					}
+				}
+				fmt.Fprint(c, "250 2.0.0 queued as X1\r\n")
+			case line == "QUIT":
+				fmt.Fprint(c, "221 bye\r\n")
+				return
+			default:
+				fmt.Fprint(c, "250 ok\r\n")
+			}
+		}
+	}()
+	p := new(Provider)
+	cfg := fmt.Sprintf(`{"host":"127.0.0.1","port":%d,"tls":"none","pool_size":1,"timeout":"5s"}`, ln.Addr().(*net.TCPAddr).Port)
+	if err := p.Provision(context.Background(), sdk.Env{Config: json.RawMessage(cfg), Secrets: testSecrets, AllowPrivateNetworks: true, UnsubscribeURL: unsubURL}); err != nil {
+		t.Fatal(err)
+	}
+	res := sender(t, p).Send(context.Background(), items(1, "itm_seq"))
+	if res[0].Outcome != sdk.OutcomeOK || res[0].Response != "2.0.0 queued as X1" {
+		t.Errorf("result %+v", res[0])
+	}
+	p.Close()
+	lines := <-log
+	var cmds []string
+	for _, l := range lines {
+		verb, _, _ := strings.Cut(l.line, " ")
+		verb, _, _ = strings.Cut(verb, ":")
+		cmds = append(cmds, verb)
+		ahead := l.buffered != 0
+		if want := pipelining && (verb == "MAIL" || verb == "RCPT"); ahead != want {
+			t.Errorf("after %q the client had sent %d more bytes (pipelining %v)", l.line, l.buffered, pipelining)
+		}
+	}
+	if got := strings.Join(cmds, " "); got != "EHLO AUTH MAIL RCPT DATA QUIT" {
+		t.Errorf("commands %s", got)
 	}
 }
