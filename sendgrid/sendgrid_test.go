@@ -187,6 +187,22 @@ func TestLargePersonalizedNewsletterSharesACall(t *testing.T) {
 	}
 }
 
+func TestPerItemSenderSplitsCalls(t *testing.T) {
+	t.Parallel()
+	f, s := setup(t, template)
+	its := items(4)
+	its[2].Data = json.RawMessage(`{"to":"x@example.com","first_name":"X","from":"Other <other@example.com>"}`)
+	allOK(t, s.Send(context.Background(), its))
+	if calls := f.Calls(); len(calls) != 2 || calls[0].Items != 3 || calls[1].Items != 1 {
+		t.Errorf("calls = %+v, want 3 then 1", calls)
+	}
+	for _, m := range f.Messages() {
+		if (m.Key == "itm_0002") != (m.From == "other@example.com") {
+			t.Errorf("item %s sent from %s", m.Key, m.From)
+		}
+	}
+}
+
 func TestRateLimitUsesReset(t *testing.T) {
 	t.Parallel()
 	f, s := setup(t, template)
