@@ -73,8 +73,8 @@ var importTables = []importTable{
 		name: "attempts",
 		from: `SELECT a.item_id, b.id, b.project_id, a.number, a.started_at, a.latency_ns, a.outcome, a.status_code, a.response, a.error
 			FROM attempts a JOIN batches b ON b.bkey = a.batch_key WHERE b.ingesting <> 1 ORDER BY a.item_id, a.started_at, a.number`,
-		to:   []string{"item_id", "batch_id", "project_id", "number", "started_at", "latency_ns", "outcome", "status_code", "response", "error"},
-		ms:   map[string]bool{"started_at": true},
+		to: []string{"item_id", "batch_id", "project_id", "number", "started_at", "latency_ns", "outcome", "status_code", "response", "error"},
+		ms: map[string]bool{"started_at": true},
 	},
 }
 
