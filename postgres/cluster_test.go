@@ -2,6 +2,8 @@ package postgres
 
 import (
 	"context"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -353,5 +355,24 @@ func TestConcurrentWritersKeepCountsExact(t *testing.T) {
 	}
 	if st := f.get(t, batches[0].ID).Status; st != batchsender.BatchCancelled {
 		t.Errorf("cancelled batch ended %s", st)
+	}
+}
+
+func TestOpenNamesAMissingSchema(t *testing.T) {
+	t.Parallel()
+	u, err := url.Parse(testURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("search_path", "bstest_does_not_exist")
+	u.RawQuery = q.Encode()
+	s, err := Open(context.Background(), u.String(), testLogger(t))
+	if err == nil {
+		s.Close()
+		t.Fatal("Open succeeded without a schema to work in")
+	}
+	if !strings.Contains(err.Error(), "CREATE SCHEMA") {
+		t.Fatalf("error %q does not say what to do", err)
 	}
 }

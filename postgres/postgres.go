@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +60,11 @@ var (
 	_ batchsender.LeaderElector = (*Store)(nil)
 )
 
+// defaultMaxConns is the pool size of a node unless the URL sets
+// pool_max_conns. Each node also keeps two connections outside the pool
+// (work signals and the leader lock).
+const defaultMaxConns = 10
+
 // Open connects to the database at databaseURL (a postgres:// URL or a
 // key=value DSN; pgx's parameters such as pool_max_conns and search_path
 // apply), applies pending migrations and returns the store.
@@ -79,19 +85,27 @@ func Open(ctx context.Context, databaseURL string, logger *slog.Logger) (*Store,
 	if _, ok := cfg.ConnConfig.RuntimeParams["random_page_cost"]; !ok {
 		cfg.ConnConfig.RuntimeParams["random_page_cost"] = "1.1"
 	}
+	// pgxpool's default of max(4, CPUs) connections is tight for a node
+	// whose workers claim and write for many batches while the API ingests
+	// uploads; pool_max_conns in the URL overrides this.
+	if !strings.Contains(databaseURL, "pool_max_conns") {
+		cfg.MaxConns = max(cfg.MaxConns, defaultMaxConns)
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to postgres: %w", err)
 	}
 	s := &Store{pool: pool, logger: logger, now: time.Now}
-	if err := s.pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&s.schema); err != nil {
+	var schema *string
+	if err := s.pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("connecting to postgres: %w", err)
 	}
-	if s.schema == "" {
+	if schema == nil {
 		pool.Close()
-		return nil, fmt.Errorf("connecting to postgres: no schema on the search_path exists")
+		return nil, fmt.Errorf("connecting to postgres: no schema of the search_path exists; create it first (CREATE SCHEMA ...)")
 	}
+	s.schema = *schema
 	s.leaderKey = lockKey("leader", s.schema)
 	s.notifyData = s.schema
 	if err := migrate(ctx, pool, s.schema, logger); err != nil {
