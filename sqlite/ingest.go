@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"iter"
 	"log/slog"
@@ -66,53 +67,95 @@ type newRow struct {
 }
 
 // ingester reads items from an iterator chunk by chunk and writes them.
+// A producer goroutine runs the iterator (parsing and validating an
+// upload) and hands over chunks while the writer writes the previous one,
+// so the two use both cores; at most two chunks wait between them.
 type ingester struct {
-	next      func() (batchsender.NewItem, error, bool)
-	stop      func()
-	rows      []newRow
-	bytes     int
-	done      bool // the iterator has ended
-	chunkRows int
-	n         int64 // rows written so far
-	args      []any
+	ch   chan ingestChunk
+	quit chan struct{}
+	rows []newRow // the chunk taken by the last fill, not yet written
+	done bool     // the last chunk has been taken
+	n    int64    // rows written so far
+	args []any
 }
 
-func (s *Store) newIngester(items iter.Seq2[batchsender.NewItem, error]) *ingester {
-	g := &ingester{rows: make([]newRow, 0, 512), chunkRows: s.ingestChunkRows}
-	if items == nil {
-		g.done = true
-		g.next = func() (batchsender.NewItem, error, bool) { return batchsender.NewItem{}, nil, false }
-		g.stop = func() {}
-		return g
-	}
-	g.next, g.stop = iter.Pull2(items)
+// ingestChunk is what the producer hands over: rows, or the iterator's
+// error; last marks the final chunk.
+type ingestChunk struct {
+	rows []newRow
+	err  error
+	last bool
+}
+
+// startIngest starts the producer. The caller must call close.
+func (s *Store) startIngest(ctx context.Context, items iter.Seq2[batchsender.NewItem, error]) *ingester {
+	g := &ingester{ch: make(chan ingestChunk, 1), quit: make(chan struct{})}
+	go g.produce(ctx, items, s.ingestChunkRows)
 	return g
 }
 
-// fill reads the next chunk of items into the buffer. An error the
-// iterator yields is returned as it is.
-func (g *ingester) fill(ctx context.Context) error {
-	g.rows, g.bytes = g.rows[:0], 0
-	for !g.done && len(g.rows) < g.chunkRows && g.bytes < ingestChunkBytes {
-		it, err, ok := g.next()
-		if !ok {
-			g.done = true
-			break
+func (g *ingester) produce(ctx context.Context, items iter.Seq2[batchsender.NewItem, error], chunkRows int) {
+	defer close(g.ch)
+	send := func(c ingestChunk) bool {
+		select {
+		case g.ch <- c:
+			return true
+		case <-g.quit:
+			return false
 		}
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("reading items: %w", err)
-		}
-		data := string(it.Data)
-		if data == "" {
-			data = "{}"
-		}
-		g.rows = append(g.rows, newRow{id: batchsender.NewID("itm"), data: data})
-		g.bytes += len(data)
 	}
+	rows := make([]newRow, 0, chunkRows)
+	bytes := 0
+	if items != nil {
+		for it, err := range items {
+			if err != nil {
+				send(ingestChunk{err: err})
+				return
+			}
+			if len(rows)%256 == 0 {
+				if err := ctx.Err(); err != nil {
+					send(ingestChunk{err: fmt.Errorf("reading items: %w", err)})
+					return
+				}
+			}
+			data := string(it.Data)
+			if data == "" {
+				data = "{}"
+			}
+			rows = append(rows, newRow{id: batchsender.NewID("itm"), data: data})
+			bytes += len(data)
+			if len(rows) >= chunkRows || bytes >= ingestChunkBytes {
+				if !send(ingestChunk{rows: rows}) {
+					return
+				}
+				rows, bytes = make([]newRow, 0, chunkRows), 0
+			}
+		}
+	}
+	send(ingestChunk{rows: rows, last: true})
+}
+
+// fill takes the next chunk from the producer. An error the iterator
+// yielded is returned as it is.
+func (g *ingester) fill() error {
+	c, ok := <-g.ch
+	if !ok || c.err != nil {
+		g.done = true
+		if c.err == nil {
+			return errors.New("reading items: the item reader stopped")
+		}
+		return c.err
+	}
+	g.rows, g.done = c.rows, c.last
 	return nil
+}
+
+// close stops the producer and waits for it to end, so nothing runs the
+// iterator once the store method has returned.
+func (g *ingester) close() {
+	close(g.quit)
+	for range g.ch {
+	}
 }
 
 // write inserts the buffered rows into the batch, numbered after
@@ -177,9 +220,9 @@ func (s *Store) BatchCreate(ctx context.Context, p batchsender.BatchCreateParams
 	}
 	id := batchsender.NewID("bat")
 
-	g := s.newIngester(p.Items)
-	defer g.stop()
-	if err := g.fill(ctx); err != nil {
+	g := s.startIngest(ctx, p.Items)
+	defer g.close()
+	if err := g.fill(); err != nil {
 		return batchsender.Batch{}, err
 	}
 	var key int64
@@ -261,7 +304,7 @@ func (s *Store) BatchCreate(ctx context.Context, p batchsender.BatchCreateParams
 // runs finish in the last one.
 func (s *Store) ingestRest(ctx context.Context, g *ingester, key, base, now int64, finish func(*sql.Tx) error) error {
 	for {
-		if err := g.fill(ctx); err != nil {
+		if err := g.fill(); err != nil {
 			return err
 		}
 		err := s.writeTx(ctx, func(tx *sql.Tx) error {
@@ -362,9 +405,9 @@ func (s *Store) BatchItemsAppend(ctx context.Context, p batchsender.BatchItemsAp
 	if err := appendable(ref); err != nil {
 		return batchsender.Batch{}, err
 	}
-	g := s.newIngester(p.Items)
-	defer g.stop()
-	if err := g.fill(ctx); err != nil {
+	g := s.startIngest(ctx, p.Items)
+	defer g.close()
+	if err := g.fill(); err != nil {
 		return batchsender.Batch{}, err
 	}
 	now := ms(s.now())

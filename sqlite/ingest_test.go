@@ -53,13 +53,19 @@ func TestIngestLeavesWriterFreeAndBatchHidden(t *testing.T) {
 	t.Parallel()
 	s, p := ingestFixture(t)
 	ctx := t.Context()
-	const n = 3*testChunkRows + 17
+	// By item 3*testChunkRows+1 the producer has handed over three chunks,
+	// so the writer has committed at least the first.
+	const n = 4*testChunkRows + 17
 	checked := false
 	b, err := s.BatchCreate(ctx, batchsender.BatchCreateParams{
 		ProjectID: p.ID, Module: "webhook", ConnectionID: "con_x", Provider: "webhook.http", Status: batchsender.BatchRunning,
 		IdempotencyKey: "k",
-		Items: pausingItems(n, map[int]func(){2*testChunkRows + 1: func() {
+		Items: pausingItems(n, map[int]func(){3*testChunkRows + 1: func() {
 			checked = true
+			var stored int
+			if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM items`).Scan(&stored); err != nil || stored < testChunkRows {
+				t.Errorf("items stored during the ingest: %d, %v; want at least a chunk", stored, err)
+			}
 			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			if _, err := s.ProjectCreate(wctx, "written-during-ingest"); err != nil {
@@ -104,11 +110,15 @@ func TestAppendIsInvisibleUntilDone(t *testing.T) {
 	if err != nil {
 		t.Fatalf("BatchCreate: %v", err)
 	}
-	const n = 2*testChunkRows + 5
+	const n = 4*testChunkRows + 5
 	checked := false
 	got, err := s.BatchItemsAppend(ctx, batchsender.BatchItemsAppendParams{ProjectID: p.ID, BatchID: draft.ID,
-		Items: pausingItems(n, map[int]func(){testChunkRows + 10: func() {
+		Items: pausingItems(n, map[int]func(){3*testChunkRows + 10: func() {
 			checked = true
+			var stored int
+			if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM items`).Scan(&stored); err != nil || stored < 2+testChunkRows {
+				t.Errorf("items stored during the append: %d, %v; want at least a chunk more than 2", stored, err)
+			}
 			items, err := s.ItemList(ctx, batchsender.ItemListParams{ProjectID: p.ID, BatchID: draft.ID, Limit: 1000})
 			if err != nil || len(items) != 2 {
 				t.Errorf("ItemList during the append = %d items, %v; want the 2 earlier ones", len(items), err)
