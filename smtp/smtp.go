@@ -355,6 +355,11 @@ func (p *Provider) sendOne(ctx context.Context, c *conn, m *email.Message, raw [
 		if c == nil {
 			var err error
 			if c, err = p.pool.get(ctx); err != nil {
+				if ctx.Err() == nil {
+					// Server replies and network errors only: never the
+					// credentials, which no error here carries.
+					p.log.Warn("smtp connect failed", slog.String("addr", p.addr), slog.String("error", err.Error()))
+				}
 				return nil, classifyDial(err)
 			}
 		}

@@ -16,8 +16,10 @@
 //     item that lacks one (or has it null) fails with a *MissingVariableError
 //     naming it, so the API rejects the row at ingest instead of sending
 //     "Hi ,". A variable is optional only where the template says it may be
-//     absent: in front of a "default" filter, or in an if/unless/elsif/case
-//     condition. Only the root of a path is checked ("user" in user.name).
+//     absent: in front of a "default" filter, in an if/unless/elsif/case
+//     condition, and anywhere inside the block such a condition guards
+//     ({% if nickname %}Hi {{ nickname }}{% endif %}). Only the root of a
+//     path is checked ("user" in user.name).
 //   - HTML escaping. Render(vars, true) escapes every {{ }} output, the way
 //     html/template does; "| raw" at the end of an expression opts out, and a
 //     trailing "| escape" is not escaped twice.
@@ -113,7 +115,28 @@ func Parse(src string) (*Template, error) {
 		required = map[string]bool{}
 		optional = map[string]bool{}
 		verbatim string // "raw" or "comment" while inside such a block
+		// guards holds, per open if/unless/case block, the variables its
+		// conditions test: inside the block they are optional.
+		guards []map[string]bool
 	)
+	guarded := func(name string) bool {
+		for _, g := range guards {
+			if g[name] {
+				return true
+			}
+		}
+		return false
+	}
+	require := func(expr string) {
+		vars, _ := scanExpr(expr)
+		for _, v := range vars {
+			if guarded(v.name) {
+				optional[v.name] = true
+			} else {
+				required[v.name] = true
+			}
+		}
+	}
 	for _, tok := range tokens {
 		if verbatim != "" {
 			if tok.Type == parser.TagTokenType && tok.Name == "end"+verbatim {
@@ -135,7 +158,7 @@ func Parse(src string) (*Template, error) {
 			}
 			first := firstFilterIndex(tok.Args)
 			for _, v := range vars {
-				if slicesContains(filters, "default") && v.pos < first {
+				if slicesContains(filters, "default") && v.pos < first || guarded(v.name) {
 					optional[v.name] = true
 				} else {
 					required[v.name] = true
@@ -152,17 +175,29 @@ func Parse(src string) (*Template, error) {
 			case "assign":
 				name, expr, _ := strings.Cut(tok.Args, "=")
 				locals[strings.TrimSpace(name)] = true
-				addVars(required, expr)
+				require(expr)
 			case "capture":
 				locals[strings.TrimSpace(tok.Args)] = true
 			case "for", "tablerow":
 				name, expr, _ := strings.Cut(tok.Args, " in ")
 				locals[strings.TrimSpace(name)] = true
-				addVars(required, expr)
-			case "if", "elsif", "unless", "case", "when":
+				require(expr)
+			case "if", "unless", "case":
+				g := map[string]bool{}
+				addVars(g, tok.Args)
 				addVars(optional, tok.Args)
+				guards = append(guards, g)
+			case "elsif", "when":
+				if len(guards) > 0 {
+					addVars(guards[len(guards)-1], tok.Args)
+				}
+				addVars(optional, tok.Args)
+			case "endif", "endunless", "endcase":
+				if len(guards) > 0 {
+					guards = guards[:len(guards)-1]
+				}
 			case "cycle":
-				addVars(required, tok.Args)
+				require(tok.Args)
 			}
 		}
 	}

@@ -98,6 +98,17 @@ func TestVariables(t *testing.T) {
 	if got, want := tp.Required(), []string{"first_name", "idx", "items", "orders", "suffix", "user", "vip_code"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("Required = %v, want %v", got, want)
 	}
+	guarded := MustParse(`{% if nickname %}Hi {{ nickname | upcase }}{% elsif title %}Dear {{ title }} {{ last }}{% else %}Hi{% endif %} {{ nickname }}`)
+	if got, want := guarded.Required(), []string{"last", "nickname"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("guarded Required = %v, want %v (nickname is used outside its if)", got, want)
+	}
+	inner := MustParse(`{% if nickname %}Hi {{ nickname }}{% else %}Hello{% endif %}`)
+	if got := inner.Required(); len(got) != 0 {
+		t.Errorf("inner Required = %v, want none", got)
+	}
+	if out, err := inner.Render(map[string]any{}, true); err != nil || out != "Hello" {
+		t.Errorf("Render without the guarded variable: %q, %v", out, err)
+	}
 }
 
 func TestHTMLEscaping(t *testing.T) {
