@@ -334,3 +334,15 @@ func FuzzRender(f *testing.F) {
 		}
 	})
 }
+
+func TestPreview(t *testing.T) {
+	t.Parallel()
+	c := compile(t, spec, Options{UnsubscribeURL: unsub})
+	m, err := c.Preview(json.RawMessage(`{"to":"a@example.org","first_name":"Ann"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.MessageID != "<preview@example.com>" || !strings.Contains(m.HTML, "https://unsubscribe.invalid/u/preview") {
+		t.Errorf("preview %+v", m)
+	}
+}

@@ -228,6 +228,13 @@ func (c *Compiled) ValidateItem(data json.RawMessage) error {
 	return err
 }
 
+// Preview renders an item as ValidateItem does and returns the message,
+// for template previews: the Message-ID is <preview@domain> and the
+// unsubscribe URL a placeholder.
+func (c *Compiled) Preview(data json.RawMessage) (*Message, error) {
+	return c.render("", data, true)
+}
+
 // Render renders the message of one item. itemID is the item's stable ID:
 // it makes the Message-ID, so every attempt carries the same one.
 func (c *Compiled) Render(itemID string, data json.RawMessage) (*Message, error) {
