@@ -30,7 +30,7 @@ func item(i int) json.RawMessage {
 }
 
 func connection(url string) (json.RawMessage, json.RawMessage) {
-	return json.RawMessage(fmt.Sprintf(`{"base_url":%q,"timeout":"2s"}`, url)),
+	return json.RawMessage(fmt.Sprintf(`{"base_url":%q,"timeout":"3s"}`, url)),
 		json.RawMessage(fmt.Sprintf(`{"api_key":%q}`, apiKey))
 }
 
@@ -56,7 +56,7 @@ func TestConformance(t *testing.T) {
 		// SendGrid answers for the whole call: no per-item outcome.
 		IdempotencyKeys: false,
 		RetryAfter:      true,
-		Timeout:         2 * time.Second,
+		Timeout:         3 * time.Second,
 		Env:             func(env *sdk.Env) { env.UnsubscribeURL = unsub },
 	})
 }
@@ -228,7 +228,7 @@ func TestRejectedCallFailsItsItems(t *testing.T) {
 func TestSlowAnswerPastTimeoutIsUnknown(t *testing.T) {
 	t.Parallel()
 	f, s := setup(t, template)
-	f.SetDelay(3 * time.Second)
+	f.SetDelay(4 * time.Second)
 	for _, r := range s.Send(context.Background(), items(2)) {
 		if r.Outcome != sdk.OutcomeUnknown {
 			t.Errorf("got %v (%v), want unknown", r.Outcome, r.Err)

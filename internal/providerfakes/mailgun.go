@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/mail"
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -45,7 +44,37 @@ func mgError(w http.ResponseWriter, status int, msg string) {
 	_ = json.NewEncoder(w).Encode(map[string]string{"message": msg})
 }
 
-var recipientVar = regexp.MustCompile(`%recipient\.([A-Za-z0-9_.-]+)%`)
+// expandRecipient replaces %recipient.key% with the recipient's values;
+// unknown keys stay as they are.
+func expandRecipient(s string, v map[string]any) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(s, "%recipient.")
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		j := strings.IndexByte(s[i+len("%recipient."):], '%')
+		if j < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		end := i + len("%recipient.") + j
+		name := s[i+len("%recipient.") : end]
+		b.WriteString(s[:i])
+		if x, ok := v[name]; ok {
+			if str, ok := x.(string); ok {
+				b.WriteString(str)
+			} else {
+				raw, _ := json.Marshal(x)
+				b.Write(raw)
+			}
+		} else {
+			b.WriteString(s[i : end+1])
+		}
+		s = s[end+1:]
+	}
+}
 
 // ServeHTTP implements http.Handler.
 func (f *Mailgun) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -141,18 +170,7 @@ func (f *Mailgun) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !strings.Contains(s, "%recipient.") {
 			return s
 		}
-		v := lvars[strings.ToLower(a.Address)]
-		return recipientVar.ReplaceAllStringFunc(s, func(m string) string {
-			name := recipientVar.FindStringSubmatch(m)[1]
-			if x, ok := v[name]; ok {
-				if str, ok := x.(string); ok {
-					return str
-				}
-				raw, _ := json.Marshal(x)
-				return string(raw)
-			}
-			return m
-		})
+		return expandRecipient(s, lvars[strings.ToLower(a.Address)])
 	}
 	batch := len(vars) > 0
 	call := sdktest.Call{Items: len(rcpts)}
