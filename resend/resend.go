@@ -30,6 +30,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/batchsender/batchsender/email"
 	"github.com/batchsender/batchsender/sdk"
 )
@@ -43,6 +45,8 @@ const (
 	DefaultTimeout = 30 * time.Second
 	// MaxBatch is Resend's limit of emails per /emails/batch call.
 	MaxBatch = 100
+	// DefaultRequestsPerSecond is Resend's default limit per team.
+	DefaultRequestsPerSecond = 2
 	// TagName is the tag carrying the item ID.
 	TagName = "batchsender_item"
 )
@@ -57,6 +61,11 @@ type Config struct {
 	BaseURL string `json:"base_url,omitempty"`
 	// Timeout bounds one API call (default 30s, at most 5m).
 	Timeout Duration `json:"timeout,omitempty"`
+	// RequestsPerSecond paces this connection's API requests (default 2,
+	// Resend's default team limit). The host limits Send calls; this also
+	// holds when one Send makes several requests (messages with
+	// attachments go one per request).
+	RequestsPerSecond float64 `json:"requests_per_second,omitempty"`
 	// UnsubscribeMailto is an optional address added to List-Unsubscribe.
 	UnsubscribeMailto string `json:"unsubscribe_mailto,omitempty"`
 }
@@ -75,6 +84,7 @@ type Provider struct {
 	timeout time.Duration
 	client  *http.Client
 	env     sdk.Env
+	limiter *rate.Limiter
 }
 
 // Info implements sdk.Provider. DefaultRate is Resend's documented default
@@ -90,6 +100,7 @@ func (p *Provider) Info() sdk.Info {
 		ConfigSchema: json.RawMessage(`{"type":"object","additionalProperties":false,"properties":{
   "base_url":{"type":"string","format":"uri","description":"API endpoint override (default https://api.resend.com)"},
   "timeout":{"type":"string","description":"Per-call timeout, e.g. \"30s\""},
+  "requests_per_second":{"type":"number","exclusiveMinimum":0,"description":"Request pacing (default 2, Resend's team limit)"},
   "unsubscribe_mailto":{"type":"string","description":"Address added to List-Unsubscribe"}}}`),
 		SecretsSchema: json.RawMessage(`{"type":"object","required":["api_key"],"additionalProperties":false,"properties":{
   "api_key":{"type":"string","description":"Resend API key (re_...)"}}}`),
@@ -119,6 +130,13 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 			return fmt.Errorf("config: unsubscribe_mailto: %w", err)
 		}
 	}
+	if cfg.RequestsPerSecond < 0 || cfg.RequestsPerSecond > 1000 {
+		return errors.New("config: requests_per_second: must be between 0 (default 2) and 1000")
+	}
+	if cfg.RequestsPerSecond == 0 {
+		cfg.RequestsPerSecond = DefaultRequestsPerSecond
+	}
+	p.limiter = rate.NewLimiter(rate.Limit(cfg.RequestsPerSecond), 1)
 	p.timeout = time.Duration(cfg.Timeout)
 	if p.timeout == 0 {
 		p.timeout = DefaultTimeout
@@ -264,6 +282,10 @@ func (s *sender) Send(ctx context.Context, items []sdk.Item) []sdk.Result {
 }
 
 func (s *sender) request(ctx context.Context, path, key string, body any) answer {
+	if err := s.p.limiter.Wait(ctx); err != nil {
+		// Waiting would pass ctx's deadline, or ctx ended: not sent.
+		return answer{err: fmt.Errorf("waiting for the request rate: %w", err)}
+	}
 	raw, _ := json.Marshal(body)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.p.url+path, bytes.NewReader(raw))
 	if err != nil {

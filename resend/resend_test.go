@@ -30,7 +30,7 @@ func item(i int) json.RawMessage {
 }
 
 func connection(url string) (json.RawMessage, json.RawMessage) {
-	return json.RawMessage(fmt.Sprintf(`{"base_url":%q,"timeout":"2s"}`, url)),
+	return json.RawMessage(fmt.Sprintf(`{"base_url":%q,"timeout":"2s","requests_per_second":1000}`, url)),
 		json.RawMessage(fmt.Sprintf(`{"api_key":%q}`, apiKey))
 }
 
@@ -200,6 +200,32 @@ func TestRealRateLimitAnswersRetryAfter(t *testing.T) {
 	}
 	if r := limited[0]; r.StatusCode != 429 || r.RetryAfter != time.Second || !strings.Contains(r.Err.Error(), "rate_limit_exceeded") {
 		t.Errorf("got %d %v %v", r.StatusCode, r.RetryAfter, r.Err)
+	}
+}
+
+func TestDefaultPacingStaysUnderResendLimit(t *testing.T) {
+	t.Parallel()
+	f := providerfakes.NewResend(apiKey)
+	f.PerSecond = 2
+	url := providerfakes.Start(t, f)
+	p := new(resend.Provider)
+	err := p.Provision(context.Background(), sdk.Env{AllowPrivateNetworks: true,
+		Config:  json.RawMessage(fmt.Sprintf(`{"base_url":%q,"timeout":"2s"}`, url)),
+		Secrets: json.RawMessage(fmt.Sprintf(`{"api_key":%q}`, apiKey))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	// Attachments: one request per message, five in one Send.
+	s, err := p.Compile(json.RawMessage(`{"from":"a@example.com","subject":"s","text":"t",
+	 "attachments":[{"filename":"a.txt","content":"aGVsbG8="}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range s.Send(context.Background(), items(5)) {
+		if r.Outcome != sdk.OutcomeOK {
+			t.Errorf("item %d: %v %v", i, r.Outcome, r.Err)
+		}
 	}
 }
 

@@ -10,7 +10,8 @@ import (
 	"regexp"
 	"strconv"
 	"sync"
-	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/batchsender/batchsender/sdk/sdktest"
 )
@@ -38,8 +39,7 @@ type Resend struct {
 
 	imu     sync.Mutex
 	idem    map[string]idemEntry
-	window  time.Time
-	inWin   int
+	bucket  *rate.Limiter
 	replays int
 }
 
@@ -221,22 +221,21 @@ func (f *Resend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(body)
 }
 
-// take counts a request against the per-second window.
+// take counts a request against the rate: a token bucket refilling
+// PerSecond tokens a second, holding at most PerSecond.
 func (f *Resend) take() (remaining int, ok bool) {
 	if f.PerSecond <= 0 {
 		return 2, true
 	}
 	f.imu.Lock()
 	defer f.imu.Unlock()
-	now := time.Now()
-	if now.Sub(f.window) >= time.Second {
-		f.window, f.inWin = now, 0
+	if f.bucket == nil {
+		f.bucket = rate.NewLimiter(rate.Limit(f.PerSecond), f.PerSecond)
 	}
-	if f.inWin >= f.PerSecond {
+	if !f.bucket.Allow() {
 		return 0, false
 	}
-	f.inWin++
-	return f.PerSecond - f.inWin, true
+	return int(f.bucket.Tokens()), true
 }
 
 // check validates one email as Resend does; "" means valid.
