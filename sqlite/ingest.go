@@ -219,6 +219,7 @@ func (s *Store) BatchCreate(ctx context.Context, p batchsender.BatchCreateParams
 		started = now
 	}
 	id := batchsender.NewID("bat")
+	token := batchsender.NewID("ing")
 
 	g := s.startIngest(ctx, p.Items)
 	defer g.close()
@@ -232,10 +233,12 @@ func (s *Store) BatchCreate(ctx context.Context, p batchsender.BatchCreateParams
 			return err
 		}
 		res, err := tx.ExecContext(ctx, `INSERT INTO batches (id, project_id, module, connection_id, provider, status,
-			template, options, max_attempts, send_at, idempotency_key, request_hash, created_at, updated_at, started_at, ingesting)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			template, options, max_attempts, send_at, idempotency_key, request_hash, created_at, updated_at, started_at,
+			ingesting, ingest_token)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			id, p.ProjectID, p.Module, p.ConnectionID, p.Provider, p.Status, template, string(options),
-			p.Options.WithDefaults().MaxAttempts, nullMS(p.Options.SendAt), idem, p.RequestHash, now, now, started, ingesting)
+			p.Options.WithDefaults().MaxAttempts, nullMS(p.Options.SendAt), idem, p.RequestHash, now, now, started,
+			ingesting, token)
 		if isUnique(err) {
 			return batchsender.Errorf(batchsender.ECONFLICT, "idempotency key %q was already used", p.IdempotencyKey)
 		}
@@ -252,7 +255,7 @@ func (s *Store) BatchCreate(ctx context.Context, p batchsender.BatchCreateParams
 	var b batchsender.Batch
 	finish := func(tx *sql.Tx) error {
 		n := g.n
-		if _, err := tx.ExecContext(ctx, `UPDATE batches SET total = ?, pending = ?, ingesting = 0,
+		if _, err := tx.ExecContext(ctx, `UPDATE batches SET total = ?, pending = ?, ingesting = 0, ingest_token = NULL,
 			status = CASE WHEN ? = 0 AND status = 'running' THEN 'completed' ELSE status END,
 			completed_at = CASE WHEN ? = 0 AND status = 'running' THEN ? END
 			WHERE bkey = ?`, n, n, n, n, now, key); err != nil {
@@ -288,11 +291,11 @@ func (s *Store) BatchCreate(ctx context.Context, p batchsender.BatchCreateParams
 	if err != nil {
 		return batchsender.Batch{}, err
 	}
-	err = s.ingestRest(ctx, g, key, 0, now, finish)
+	err = s.ingestRest(ctx, g, key, token, 0, now, finish)
 	if err != nil {
 		cctx, cancel := cleanupContext(ctx)
 		defer cancel()
-		if cerr := s.dropCreate(cctx, key); cerr != nil {
+		if cerr := s.dropCreate(cctx, key, token); cerr != nil {
 			s.logger.ErrorContext(ctx, "removing a failed batch ingest", slog.String("batch_id", id), slog.Any("error", cerr))
 		}
 		return batchsender.Batch{}, err
@@ -302,21 +305,26 @@ func (s *Store) BatchCreate(ctx context.Context, p batchsender.BatchCreateParams
 
 // ingestRest writes the remaining chunks, one transaction each, and then
 // runs finish in the last one.
-func (s *Store) ingestRest(ctx context.Context, g *ingester, key, base, now int64, finish func(*sql.Tx) error) error {
+func (s *Store) ingestRest(ctx context.Context, g *ingester, key int64, token string, base, now int64, finish func(*sql.Tx) error) error {
 	for {
 		if err := g.fill(); err != nil {
 			return err
 		}
 		err := s.writeTx(ctx, func(tx *sql.Tx) error {
+			// The heartbeat that tells LeasesRescue this ingest is alive,
+			// and the check that it has not been given up as stale.
+			res, err := tx.ExecContext(ctx, `UPDATE batches SET updated_at = ? WHERE bkey = ? AND ingest_token = ?`, ms(s.now()), key, token)
+			if err != nil {
+				return fmt.Errorf("marking ingest progress: %w", err)
+			}
+			if n, err := res.RowsAffected(); err != nil || n != 1 {
+				return fmt.Errorf("ingest was idle for too long and has been removed (%d, %v)", n, err)
+			}
 			if err := g.write(ctx, s, tx, key, base, now); err != nil {
 				return err
 			}
 			if g.done {
 				return finish(tx)
-			}
-			// The heartbeat that tells LeasesRescue this ingest is alive.
-			if _, err := tx.ExecContext(ctx, `UPDATE batches SET updated_at = ? WHERE bkey = ?`, ms(s.now()), key); err != nil {
-				return fmt.Errorf("marking ingest progress: %w", err)
 			}
 			return nil
 		})
@@ -326,29 +334,39 @@ func (s *Store) ingestRest(ctx context.Context, g *ingester, key, base, now int6
 	}
 }
 
-// dropCreate removes a hidden batch whose ingest failed, with its items.
-func (s *Store) dropCreate(ctx context.Context, key int64) error {
+// dropCreate removes a hidden batch whose ingest (token) failed, with its
+// items.
+func (s *Store) dropCreate(ctx context.Context, key int64, token string) error {
 	return s.writeTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM batches WHERE bkey = ? AND ingesting = 1 AND ingest_token = ?`, key, token)
+		if err != nil {
+			return fmt.Errorf("deleting batch: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return err // someone else removed it already
+		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM items WHERE batch_key = ?`, key); err != nil {
 			return fmt.Errorf("deleting items: %w", err)
-		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM batches WHERE bkey = ? AND ingesting = 1`, key); err != nil {
-			return fmt.Errorf("deleting batch: %w", err)
 		}
 		return nil
 	})
 }
 
-// dropAppend removes the items of a failed append (those beyond the
-// batch's total) and ends its append.
-func (s *Store) dropAppend(ctx context.Context, key int64) error {
+// dropAppend removes the items of a failed append (token), those beyond
+// the batch's total, and ends the append.
+func (s *Store) dropAppend(ctx context.Context, key int64, token string) error {
 	return s.writeTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE batches SET ingesting = 0, ingest_token = NULL
+			WHERE bkey = ? AND ingesting = 2 AND ingest_token = ?`, key, token)
+		if err != nil {
+			return fmt.Errorf("ending append: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return err // someone else ended it already
+		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM items
 			WHERE batch_key = ? AND seq > (SELECT total FROM batches WHERE bkey = ?)`, key, key); err != nil {
 			return fmt.Errorf("deleting items: %w", err)
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE batches SET ingesting = 0 WHERE bkey = ?`, key); err != nil {
-			return fmt.Errorf("ending append: %w", err)
 		}
 		return nil
 	})
@@ -357,7 +375,7 @@ func (s *Store) dropAppend(ctx context.Context, key int64) error {
 // dropStaleIngests removes ingests whose process died: hidden batches and
 // appended items beyond a draft's total, idle for longer than staleIngest.
 func (s *Store) dropStaleIngests(ctx context.Context, now time.Time) error {
-	rows, err := s.r.QueryContext(ctx, `SELECT bkey, ingesting FROM batches WHERE ingesting <> 0 AND updated_at < ?`,
+	rows, err := s.r.QueryContext(ctx, `SELECT bkey, ingesting, ingest_token FROM batches WHERE ingesting <> 0 AND updated_at < ?`,
 		ms(now.Add(-staleIngest)))
 	if err != nil {
 		return fmt.Errorf("finding stale ingests: %w", err)
@@ -365,11 +383,12 @@ func (s *Store) dropStaleIngests(ctx context.Context, now time.Time) error {
 	type stale struct {
 		key       int64
 		ingesting int
+		token     string
 	}
 	var found []stale
 	for rows.Next() {
 		var st stale
-		if err := rows.Scan(&st.key, &st.ingesting); err != nil {
+		if err := rows.Scan(&st.key, &st.ingesting, &st.token); err != nil {
 			rows.Close()
 			return fmt.Errorf("finding stale ingests: %w", err)
 		}
@@ -382,9 +401,9 @@ func (s *Store) dropStaleIngests(ctx context.Context, now time.Time) error {
 	for _, st := range found {
 		var err error
 		if st.ingesting == ingestCreating {
-			err = s.dropCreate(ctx, st.key)
+			err = s.dropCreate(ctx, st.key, st.token)
 		} else {
-			err = s.dropAppend(ctx, st.key)
+			err = s.dropAppend(ctx, st.key, st.token)
 		}
 		if err != nil {
 			return err
@@ -411,6 +430,7 @@ func (s *Store) BatchItemsAppend(ctx context.Context, p batchsender.BatchItemsAp
 		return batchsender.Batch{}, err
 	}
 	now := ms(s.now())
+	token := batchsender.NewID("ing")
 	var base int64 // seqs continue after the total (items are never deleted)
 	// begin checks again under the write lock and numbers from there.
 	begin := func(tx *sql.Tx) error {
@@ -426,8 +446,8 @@ func (s *Store) BatchItemsAppend(ctx context.Context, p batchsender.BatchItemsAp
 	}
 	var b batchsender.Batch
 	finish := func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `UPDATE batches SET total = total + ?, pending = pending + ?, updated_at = ?, ingesting = 0
-			WHERE bkey = ?`, g.n, g.n, now, ref.key); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE batches SET total = total + ?, pending = pending + ?, updated_at = ?,
+			ingesting = 0, ingest_token = NULL WHERE bkey = ?`, g.n, g.n, now, ref.key); err != nil {
 			return fmt.Errorf("counting items: %w", err)
 		}
 		var err error
@@ -453,7 +473,8 @@ func (s *Store) BatchItemsAppend(ctx context.Context, p batchsender.BatchItemsAp
 		if err := begin(tx); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE batches SET ingesting = 2, updated_at = ? WHERE bkey = ?`, now, ref.key); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE batches SET ingesting = 2, ingest_token = ?, updated_at = ? WHERE bkey = ?`,
+			token, now, ref.key); err != nil {
 			return fmt.Errorf("starting append: %w", err)
 		}
 		return g.write(ctx, s, tx, ref.key, base, now)
@@ -461,10 +482,10 @@ func (s *Store) BatchItemsAppend(ctx context.Context, p batchsender.BatchItemsAp
 	if err != nil {
 		return batchsender.Batch{}, err
 	}
-	if err := s.ingestRest(ctx, g, ref.key, base, now, finish); err != nil {
+	if err := s.ingestRest(ctx, g, ref.key, token, base, now, finish); err != nil {
 		cctx, cancel := cleanupContext(ctx)
 		defer cancel()
-		if cerr := s.dropAppend(cctx, ref.key); cerr != nil {
+		if cerr := s.dropAppend(cctx, ref.key, token); cerr != nil {
 			s.logger.ErrorContext(ctx, "removing a failed append", slog.String("batch_id", p.BatchID), slog.Any("error", cerr))
 		}
 		return batchsender.Batch{}, err

@@ -223,15 +223,15 @@ func TestLeasesRescueRemovesStaleIngests(t *testing.T) {
 	}
 	// What a dead process leaves: a hidden batch with items, and items
 	// appended beyond the draft's total.
-	exec(`INSERT INTO batches (bkey, id, project_id, module, connection_id, provider, status, options, max_attempts, created_at, updated_at, ingesting)
-		VALUES (999, 'bat_dead', ?, 'webhook', 'con_x', 'webhook.http', 'running', '{}', 8, ?, ?, 1)`, p.ID, old, old)
+	exec(`INSERT INTO batches (bkey, id, project_id, module, connection_id, provider, status, options, max_attempts, created_at, updated_at, ingesting, ingest_token)
+		VALUES (999, 'bat_dead', ?, 'webhook', 'con_x', 'webhook.http', 'running', '{}', 8, ?, ?, 1, 'ing_1')`, p.ID, old, old)
 	exec(`INSERT INTO items (batch_key, seq, id, data, next_attempt_at, updated_at) VALUES (999, 1, 'itm_dead1', '{}', 0, 0)`)
-	exec(`UPDATE batches SET ingesting = 2, updated_at = ? WHERE id = ?`, old, draft.ID)
+	exec(`UPDATE batches SET ingesting = 2, ingest_token = 'ing_2', updated_at = ? WHERE id = ?`, old, draft.ID)
 	exec(`INSERT INTO items (batch_key, seq, id, data, next_attempt_at, updated_at)
 		SELECT bkey, 3, 'itm_dead3', '{}', 0, 0 FROM batches WHERE id = ?`, draft.ID)
 	// A live ingest, active a moment ago.
-	exec(`INSERT INTO batches (bkey, id, project_id, module, connection_id, provider, status, options, max_attempts, created_at, updated_at, ingesting)
-		VALUES (998, 'bat_live', ?, 'webhook', 'con_x', 'webhook.http', 'running', '{}', 8, ?, ?, 1)`, p.ID, ms(time.Now()), ms(time.Now()))
+	exec(`INSERT INTO batches (bkey, id, project_id, module, connection_id, provider, status, options, max_attempts, created_at, updated_at, ingesting, ingest_token)
+		VALUES (998, 'bat_live', ?, 'webhook', 'con_x', 'webhook.http', 'running', '{}', 8, ?, ?, 1, 'ing_3')`, p.ID, ms(time.Now()), ms(time.Now()))
 
 	if _, err := s.LeasesRescue(ctx, time.Now()); err != nil {
 		t.Fatalf("LeasesRescue: %v", err)
@@ -262,5 +262,52 @@ func TestLeasesRescueRemovesStaleIngests(t *testing.T) {
 	got, err := s.BatchItemsAppend(ctx, batchsender.BatchItemsAppendParams{ProjectID: p.ID, BatchID: draft.ID, Items: pausingItems(1, nil)})
 	if err != nil || got.Total != 3 {
 		t.Fatalf("append after the cleanup = %+v, %v", got, err)
+	}
+}
+
+// TestIngestGivenUpAsStaleFails: when LeasesRescue removed an ingest as
+// stale while it was in fact only slow, the ingest fails when it next
+// writes and leaves nothing behind.
+func TestIngestGivenUpAsStaleFails(t *testing.T) {
+	t.Parallel()
+	s, p := ingestFixture(t)
+	ctx := t.Context()
+	_, err := s.BatchCreate(ctx, batchsender.BatchCreateParams{
+		ProjectID: p.ID, Module: "webhook", ConnectionID: "con_x", Provider: "webhook.http", Status: batchsender.BatchRunning,
+		Items: pausingItems(6*testChunkRows, map[int]func(){3*testChunkRows + 1: func() {
+			// Age the hidden batch, then let maintenance remove it. The
+			// writer may still be committing chunks handed over earlier
+			// (each refreshes the batch), but it runs out of them soon.
+			for try := 0; ; try++ {
+				if _, err := s.w.ExecContext(ctx, `UPDATE batches SET updated_at = ? WHERE ingesting = 1`, ms(time.Now().Add(-2*staleIngest))); err != nil {
+					t.Errorf("aging the ingest: %v", err)
+				}
+				if _, err := s.LeasesRescue(ctx, time.Now()); err != nil {
+					t.Errorf("LeasesRescue: %v", err)
+				}
+				var hidden int
+				if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM batches WHERE ingesting = 1`).Scan(&hidden); err != nil {
+					t.Errorf("counting hidden batches: %v", err)
+				}
+				if hidden == 0 {
+					return
+				}
+				if try == 100 {
+					t.Errorf("the ingest was never removed")
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}}),
+	})
+	if err == nil {
+		t.Fatal("BatchCreate succeeded after its ingest was removed")
+	}
+	var batches, items int
+	if err := s.r.QueryRowContext(ctx, `SELECT (SELECT COUNT(*) FROM batches), (SELECT COUNT(*) FROM items)`).Scan(&batches, &items); err != nil {
+		t.Fatal(err)
+	}
+	if batches != 0 || items != 0 {
+		t.Fatalf("left %d batches and %d items", batches, items)
 	}
 }

@@ -36,7 +36,7 @@ CREATE TABLE connections (
 -- 30-character ID, which keeps every item row and index entry short and
 -- their comparisons cheap.
 CREATE TABLE batches (
-    bkey            INTEGER PRIMARY KEY,
+    bkey            INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused
     id              TEXT NOT NULL UNIQUE,
     project_id      TEXT NOT NULL REFERENCES projects (id),
     module          TEXT NOT NULL,
@@ -64,8 +64,9 @@ CREATE TABLE batches (
     completed_at    INTEGER,
     -- 1 while BatchCreate writes the items of this still hidden batch in
     -- several transactions; 2 while BatchItemsAppend writes items beyond
-    -- total. See sqlite/ingest.go.
-    ingesting       INTEGER NOT NULL DEFAULT 0
+    -- total; ingest_token names that ingest. See sqlite/ingest.go.
+    ingesting       INTEGER NOT NULL DEFAULT 0,
+    ingest_token    TEXT
 );
 
 -- BatchList: a project's batches newest first (IDs are time-ordered).
