@@ -56,6 +56,8 @@ talk to a running server (see --url and --api-key).`,
 	root.CompletionOptions.DisableDefaultCmd = true
 	root.AddCommand(
 		newServeCmd(getenv),
+		newWorkerCmd(getenv),
+		newMigrateStoreCmd(getenv),
 		newMigrateCmd(getenv),
 		newKeysCmd(getenv),
 		newModulesCmd(),

@@ -17,20 +17,13 @@ import (
 	"github.com/batchsender/batchsender/auth"
 	"github.com/batchsender/batchsender/engine"
 	"github.com/batchsender/batchsender/httpapi"
-	"github.com/batchsender/batchsender/netguard"
-	"github.com/batchsender/batchsender/providers"
-	"github.com/batchsender/batchsender/secretbox"
 )
 
 // serveConfig is everything serve needs, from flags and environment.
 type serveConfig struct {
+	nodeConfig
 	Addr         string
-	Store        storeConfig
-	SecretKey    string // BATCHSENDER_SECRET_KEY; never logged
 	BootstrapKey string // BATCHSENDER_BOOTSTRAP_KEY; never logged
-	AllowPrivate bool
-	PublicURL    string
-	LogLevel     string
 }
 
 // Timeouts of the server process.
@@ -42,12 +35,6 @@ const (
 	httpShutdownTimeout = 15 * time.Second
 )
 
-// storeFlags registers --data-dir on cmd, defaulting from the environment.
-func storeFlags(cmd *cobra.Command, getenv func(string) string, cfg *storeConfig) {
-	cmd.Flags().StringVar(&cfg.DataDir, "data-dir", envOr(getenv, envDataDir, defaultDataDir), "directory of the SQLite database and secrets key file (env "+envDataDir+")")
-	cfg.DatabaseURL = strings.TrimSpace(getenv(envDatabaseURL))
-}
-
 func newServeCmd(getenv func(string) string) *cobra.Command {
 	var cfg serveConfig
 	cmd := &cobra.Command{
@@ -56,24 +43,15 @@ func newServeCmd(getenv func(string) string) *cobra.Command {
 		Long: `Run the HTTP API and the engine that carries batches out.
 
 Settings come from flags or the environment:
-  --addr      ` + envAddr + `      listen address (default ` + defaultAddr + `)
-  --data-dir  ` + envDataDir + `  data directory (default ` + defaultDataDir + `)
-  ` + envSecretKey + `       32-byte key (base64 or hex) sealing connection secrets;
-                               default: <data-dir>/secret.key, generated on first start
-  ` + envBootstrapKey + `    becomes an admin key of project "default" at start
-  ` + envAllowPrivate + ` true lets providers reach loopback and private networks
-  ` + envPublicURL + `       base URL where this server is reachable
-  ` + envLogLevel + `        debug, info (default), warn or error`,
+  --addr          ` + envAddr + `      listen address (default ` + defaultAddr + `)
+` + nodeHelp() + `
+  ` + envBootstrapKey + `    becomes an admin key of project "default" at start`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var err error
-			cfg.SecretKey = getenv(envSecretKey)
-			cfg.BootstrapKey = strings.TrimSpace(getenv(envBootstrapKey))
-			cfg.PublicURL = strings.TrimRight(strings.TrimSpace(getenv(envPublicURL)), "/")
-			cfg.LogLevel = envOr(getenv, envLogLevel, "info")
-			if cfg.AllowPrivate, err = parseBoolEnv(getenv, envAllowPrivate); err != nil {
+			if err := cfg.readNodeEnv(getenv); err != nil {
 				return err
 			}
+			cfg.BootstrapKey = strings.TrimSpace(getenv(envBootstrapKey))
 			return serve(cmd.Context(), cfg, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
@@ -90,30 +68,8 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) (err 
 	if err != nil {
 		return err
 	}
-	st, err := openStore(ctx, cfg.Store, logger, true)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := st.Close(); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("closing store: %w", cerr))
-		}
-	}()
-
-	key, err := secretbox.LoadKey(cfg.SecretKey, cfg.Store.DataDir)
-	if err != nil {
-		return fmt.Errorf("loading secrets key: %w", err)
-	}
-	box, err := secretbox.New(key)
-	if err != nil {
-		return fmt.Errorf("loading secrets key: %w", err)
-	}
-	if cfg.BootstrapKey != "" {
-		if err := auth.Bootstrap(ctx, st, cfg.BootstrapKey); err != nil {
-			return fmt.Errorf("bootstrap key: %s", describe(err))
-		}
-	}
-
+	// The listener comes first so the public URL (which providers may hand
+	// out) is known when the node is built.
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listening on %s: %w", cfg.Addr, err)
@@ -125,32 +81,24 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) (err 
 		publicURL = "http://" + addr
 	}
 
-	cache := providers.NewCache(providers.Config{
-		Unsealer:             box,
-		Logger:               logger,
-		Dialer:               netguard.Dialer(cfg.AllowPrivate, dialTimeout),
-		AllowPrivateNetworks: cfg.AllowPrivate,
-		PublicURL:            publicURL,
-		Now:                  time.Now,
-	})
-	defer cache.Close()
-
-	eng, err := engine.New(engine.Config{
-		Store:         st,
-		Providers:     cache,
-		Logger:        logger,
-		Now:           time.Now,
-		RescueOnStart: st.SingleProcess,
-	})
+	n, err := openNode(ctx, cfg.nodeConfig, logger, true, publicURL)
 	if err != nil {
-		return fmt.Errorf("starting engine: %w", err)
+		return err
+	}
+	defer func() { err = errors.Join(err, n.Close()) }()
+	st, eng := n.Store, n.Engine
+
+	if cfg.BootstrapKey != "" {
+		if err := auth.Bootstrap(ctx, st, cfg.BootstrapKey); err != nil {
+			return fmt.Errorf("bootstrap key: %s", describe(err))
+		}
 	}
 
 	var ready atomic.Bool
 	api := httpapi.NewServer(httpapi.Deps{
 		Store:     st,
-		Providers: cache,
-		Sealer:    box,
+		Providers: n.Cache,
+		Sealer:    n.Box,
 		Waker:     eng,
 		Logger:    logger,
 		Now:       time.Now,
@@ -160,7 +108,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) (err 
 			}
 			return nil
 		},
-		Metrics: func(w io.Writer) { writeEngineMetrics(w, eng.Stats()) },
+		Metrics: n.writeMetrics,
 		Version: version,
 	})
 	// Event streams never go idle, so http.Server.Shutdown would wait for
@@ -183,7 +131,7 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) (err 
 	go func() { srvDone <- srv.Serve(ln) }()
 
 	ready.Store(true)
-	logger.Info("batchsender started", slog.String("version", version), slog.String("addr", addr),
+	logger.Info("batchsender started", slog.String("version", version), slog.String("role", "serve"), slog.String("addr", addr),
 		slog.String("store", st.Name), slog.Bool("allow_private_networks", cfg.AllowPrivate))
 	if _, err := fmt.Fprintf(stdout, "listening on http://%s\n", addr); err != nil {
 		logger.Warn("writing the listen address", slog.Any("error", err))
