@@ -5,6 +5,7 @@ package main
 import (
 	_ "github.com/batchsender/batchsender/mailgun"  // email.mailgun
 	_ "github.com/batchsender/batchsender/postmark" // email.postmark
+	_ "github.com/batchsender/batchsender/remote"   // remote.http
 	_ "github.com/batchsender/batchsender/resend"   // email.resend
 	_ "github.com/batchsender/batchsender/sendgrid" // email.sendgrid
 	_ "github.com/batchsender/batchsender/ses"      // email.ses
