@@ -2,9 +2,11 @@
 // 1,000 rendered messages in one call to Mailgun's Messages API
 // (POST /v3/{domain}/messages, multipart/form-data) using batch sending:
 // every recipient is a "to" and "recipient-variables" carries each one's
-// rendered subject, bodies, List-Unsubscribe and custom headers, referenced
-// as %recipient.key% in the message, so Mailgun sends an individual message
-// per recipient. 1,000 items take one API call.
+// rendered subject, List-Unsubscribe, custom headers and the parts of the
+// bodies that differ between recipients (the bodies are cut after every '>'
+// and line break; shared segments stay literal), referenced as
+// %recipient.key% in the message, so Mailgun sends an individual message
+// per recipient. 1,000 items take one API call; a form over 20 MB is split.
 //
 // recipient-variables is keyed by address, so a repeated recipient goes to
 // the next call; items with a different sender go in separate calls. Each
@@ -44,9 +46,11 @@ const (
 	MaxRecipients = 1000
 	// VariableName is the custom variable carrying the item ID.
 	VariableName = "batchsender_item_id"
-	// maxCallBytes keeps a call well under Mailgun's 25 MB message size.
-	maxCallBytes = 20 << 20
 )
+
+// maxCallBytes keeps a call under Mailgun's 25 MB message size (a variable
+// for tests).
+var maxCallBytes = 20 << 20
 
 func init() {
 	sdk.Register(sdk.Registration{ID: ID, New: func() sdk.Provider { return new(Provider) }})
@@ -179,18 +183,19 @@ type sender struct {
 func (s *sender) ValidateItem(data json.RawMessage) error { return s.tmpl.ValidateItem(data) }
 
 type rendered struct {
-	i       int
-	id      string
-	m       *email.Message
-	text    string
-	html    string
-	headers []email.Header
+	i  int
+	id string
+	m  *email.Message
+	// hseg and tseg are the bodies cut into segments (see segments).
+	hseg, tseg []string
+	text       string
+	html       string
+	headers    []email.Header
 }
 
 type call struct {
 	items []rendered
 	addrs map[string]bool
-	size  int
 }
 
 // Send implements sdk.Sender.
@@ -205,20 +210,22 @@ func (s *sender) Send(ctx context.Context, items []sdk.Item) []sdk.Result {
 			continue
 		}
 		text, html := bodies(m)
-		r := rendered{i: i, id: it.ID, m: m, text: text, html: html, headers: append(unsubscribeHeaders(m), m.Headers...)}
+		r := rendered{i: i, id: it.ID, m: m, text: text, html: html, headers: append(unsubscribeHeaders(m), m.Headers...),
+			hseg: segments(html), tseg: segments(text)}
 		k := m.From.String()
 		for _, a := range m.ReplyTo {
 			k += "\x00" + a.String()
 		}
-		// Items of one call share the custom header names.
+		// Items of one call share the custom header names and the
+		// bodies' segment counts (one skeleton).
 		for _, h := range r.headers {
 			k += "\x00" + h.Name
 		}
+		k += fmt.Sprintf("\x00%d/%d", len(r.hseg), len(r.tseg))
 		addr := strings.ToLower(m.To[0].Address)
-		size := len(text) + len(html) + len(m.Subject) + 512
 		var target *call
 		for _, c := range groups[k] {
-			if !c.addrs[addr] && len(c.items) < MaxRecipients && c.size+size <= maxCallBytes {
+			if !c.addrs[addr] && len(c.items) < MaxRecipients {
 				target = c
 				break
 			}
@@ -230,20 +237,72 @@ func (s *sender) Send(ctx context.Context, items []sdk.Item) []sdk.Result {
 		}
 		target.items = append(target.items, r)
 		target.addrs[addr] = true
-		target.size += size
 	}
 	for _, c := range calls {
-		s.send(ctx, c, res)
+		s.send(ctx, c.items, res)
 	}
 	return res
 }
 
+// segments cuts a body after every '>' and line break: the places where
+// template text and substituted values usually meet.
+func segments(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == '>' || s[i] == '\n' {
+			out = append(out, s[start:i+1])
+			start = i + 1
+		}
+	}
+	if start < len(s) {
+		out = append(out, s[start:])
+	}
+	return out
+}
+
+// skeleton builds a body for a call's items: the segments every item
+// shares stay literal and each run of segments that differs becomes a
+// recipient variable name_K, so a large personalized newsletter costs only
+// its differing bytes per recipient.
+func skeleton(items []rendered, vars []map[string]string, name string, seg func(rendered) []string) string {
+	first := seg(items[0])
+	differs := make([]bool, len(first))
+	for _, r := range items[1:] {
+		for k, x := range seg(r) {
+			if x != first[k] {
+				differs[k] = true
+			}
+		}
+	}
+	var b strings.Builder
+	n := 0
+	for k := 0; k < len(first); {
+		if !differs[k] {
+			b.WriteString(first[k])
+			k++
+			continue
+		}
+		from := k
+		for k < len(first) && differs[k] {
+			k++
+		}
+		v := name + "_" + strconv.Itoa(n)
+		n++
+		b.WriteString("%recipient." + v + "%")
+		for j, r := range items {
+			vars[j][v] = strings.Join(seg(r)[from:k], "")
+		}
+	}
+	return b.String()
+}
+
 // field is one form field: the same value for every item, or a
 // per-recipient variable.
-func field(c *call, vars []map[string]string, name string, get func(r rendered) string) string {
-	first := get(c.items[0])
+func field(items []rendered, vars []map[string]string, name string, get func(r rendered) string) string {
+	first := get(items[0])
 	same := true
-	for _, r := range c.items[1:] {
+	for _, r := range items[1:] {
 		if get(r) != first {
 			same = false
 			break
@@ -252,22 +311,22 @@ func field(c *call, vars []map[string]string, name string, get func(r rendered) 
 	if same {
 		return first
 	}
-	for k, r := range c.items {
+	for k, r := range items {
 		vars[k][name] = get(r)
 	}
 	return "%recipient." + name + "%"
 }
 
 // body builds a call's multipart form.
-func (s *sender) body(c *call) (*bytes.Buffer, string, error) {
+func (s *sender) body(items []rendered) (*bytes.Buffer, string, error) {
 	var buf bytes.Buffer
 	w := multipart.NewWriter(&buf)
 	add := func(name, value string) {
 		_ = w.WriteField(name, value)
 	}
-	first := c.items[0]
-	vars := make([]map[string]string, len(c.items))
-	for k, r := range c.items {
+	first := items[0]
+	vars := make([]map[string]string, len(items))
+	for k, r := range items {
 		// Every recipient needs variables, even empty, for Mailgun to
 		// send individual messages.
 		vars[k] = map[string]string{"bs_item": r.id}
@@ -275,23 +334,23 @@ func (s *sender) body(c *call) (*bytes.Buffer, string, error) {
 	add("from", first.m.From.String())
 	// One comma-separated "to" (Mailgun takes both forms): fewer form
 	// parts to build and parse.
-	to := make([]string, len(c.items))
-	for k, r := range c.items {
+	to := make([]string, len(items))
+	for k, r := range items {
 		to[k] = r.m.To[0].String()
 	}
 	add("to", strings.Join(to, ", "))
 	if len(first.m.ReplyTo) > 0 {
 		add("h:Reply-To", first.m.ReplyTo[0].String())
 	}
-	add("subject", field(c, vars, "bs_subject", func(r rendered) string { return r.m.Subject }))
-	add("text", field(c, vars, "bs_text", func(r rendered) string { return r.text }))
+	add("subject", field(items, vars, "bs_subject", func(r rendered) string { return r.m.Subject }))
+	add("text", skeleton(items, vars, "bs_text", func(r rendered) []string { return r.tseg }))
 	if first.html != "" {
-		add("html", field(c, vars, "bs_html", func(r rendered) string { return r.html }))
+		add("html", skeleton(items, vars, "bs_html", func(r rendered) []string { return r.hseg }))
 	}
 	for j, h := range first.headers {
-		add("h:"+h.Name, field(c, vars, "bs_h"+strconv.Itoa(j), func(r rendered) string { return r.headers[j].Value }))
+		add("h:"+h.Name, field(items, vars, "bs_h"+strconv.Itoa(j), func(r rendered) string { return r.headers[j].Value }))
 	}
-	if len(c.items) == 1 {
+	if len(items) == 1 {
 		add("v:"+VariableName, first.id)
 	} else {
 		add("v:"+VariableName, "%recipient.bs_item%")
@@ -302,8 +361,8 @@ func (s *sender) body(c *call) (*bytes.Buffer, string, error) {
 	if s.p.cfg.TestMode {
 		add("o:testmode", "yes")
 	}
-	rv := make(map[string]map[string]string, len(c.items))
-	for k, r := range c.items {
+	rv := make(map[string]map[string]string, len(items))
+	for k, r := range items {
 		rv[r.m.To[0].Address] = vars[k]
 	}
 	raw, err := json.Marshal(rv)
@@ -331,9 +390,11 @@ func (s *sender) body(c *call) (*bytes.Buffer, string, error) {
 	return &buf, w.FormDataContentType(), nil
 }
 
-func (s *sender) send(ctx context.Context, c *call, res []sdk.Result) {
+// send posts one call's items; a form larger than Mailgun takes is split
+// in halves.
+func (s *sender) send(ctx context.Context, items []rendered, res []sdk.Result) {
 	set := func(r sdk.Result) {
-		for _, it := range c.items {
+		for _, it := range items {
 			res[it.i] = r
 		}
 	}
@@ -341,9 +402,18 @@ func (s *sender) send(ctx context.Context, c *call, res []sdk.Result) {
 		set(sdk.Retry(fmt.Errorf("not sent: %w", err)))
 		return
 	}
-	body, ctype, err := s.body(c)
+	body, ctype, err := s.body(items)
 	if err != nil {
 		set(sdk.Permanent(fmt.Errorf("building the form: %w", err)))
+		return
+	}
+	if body.Len() > maxCallBytes {
+		if len(items) == 1 {
+			set(sdk.Permanent(fmt.Errorf("message of %d bytes is larger than Mailgun's 25 MB limit", body.Len())))
+			return
+		}
+		s.send(ctx, items[:len(items)/2], res)
+		s.send(ctx, items[len(items)/2:], res)
 		return
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.p.url, body)
@@ -379,7 +449,7 @@ func (s *sender) send(ctx context.Context, c *call, res []sdk.Result) {
 		return
 	}
 	id := strings.Trim(out.ID, "<>")
-	for _, it := range c.items {
+	for _, it := range items {
 		r := sdk.OK(id)
 		r.StatusCode, r.Latency = a.status, a.latency
 		res[it.i] = r

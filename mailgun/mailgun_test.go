@@ -140,6 +140,54 @@ func TestRepeatedRecipientGoesToSecondCall(t *testing.T) {
 	}
 }
 
+func newsletter() json.RawMessage {
+	var body strings.Builder
+	body.WriteString(`<html><body><h1>Hello {{ first_name }}</h1>\n`)
+	for i := range 200 {
+		fmt.Fprintf(&body, `<p class=\"x\">Paragraph %d of the newsletter, the same for everyone.</p>\n`, i)
+	}
+	body.WriteString(`<a href=\"{{ unsubscribe_url }}\">Unsubscribe {{ first_name }}</a></body></html>`)
+	return json.RawMessage(`{"from":"a@example.com","subject":"News for {{ first_name }}","html":"` + body.String() + `"}`)
+}
+
+func TestLargePersonalizedNewsletterSharesOneCall(t *testing.T) {
+	t.Parallel()
+	f, s := setup(t, newsletter())
+	allOK(t, s.Send(context.Background(), items(300)))
+	if calls := f.Calls(); len(calls) != 1 {
+		t.Errorf("%d calls, want 1", len(calls))
+	}
+	m := f.Messages()[42]
+	if len(m.HTML) < 14000 || !strings.HasPrefix(m.HTML, "<html><body><h1>Hello U42</h1>") ||
+		!strings.HasSuffix(m.HTML, `<a href="https://bs.example.com/u/itm_0042">Unsubscribe U42</a></body></html>`) ||
+		!strings.Contains(m.Text, "Paragraph 199 of the newsletter") || !strings.HasPrefix(m.Text, "Hello U42") {
+		t.Errorf("item 42: html %d bytes starting %q, text starting %q", len(m.HTML), m.HTML[:40], m.Text[:20])
+	}
+}
+
+func TestOversizeFormIsSplit(t *testing.T) {
+	// Not parallel: it changes the package's size limit.
+	defer mailgun.SetMaxCallBytes(40 << 10)()
+	f, s := setup(t, json.RawMessage(`{"from":"a@example.com","subject":"s","html":"<p>{{ first_name }}</p>"}`))
+	its := items(8)
+	for i := range its {
+		// About 10 KB of per-recipient values each.
+		its[i].Data = json.RawMessage(fmt.Sprintf(`{"to":"u%d@example.com","first_name":"%s%d"}`, i, strings.Repeat("x", 3000), i))
+	}
+	allOK(t, s.Send(context.Background(), its))
+	calls := f.Calls()
+	if len(calls) < 2 {
+		t.Errorf("%d calls for 8 items of ~10 KB with a 40 KB limit, want a split", len(calls))
+	}
+	total := 0
+	for _, c := range calls {
+		total += c.Items
+	}
+	if total != 8 || len(f.Messages()) != 8 {
+		t.Errorf("%d items in calls, %d messages, want 8", total, len(f.Messages()))
+	}
+}
+
 func TestAttachmentsAreMultipartFiles(t *testing.T) {
 	t.Parallel()
 	f, s := setup(t, json.RawMessage(`{"from":"a@example.com","subject":"s","text":"t {{ first_name }}",
