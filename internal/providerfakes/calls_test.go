@@ -43,10 +43,16 @@ var all = []provider{
 		func() (providerfakes.Server, sdktest.Fake) { f := providerfakes.NewResend("k"); return f, f },
 		`{"base_url":%q,"requests_per_second":1000}`, `{"api_key":"k"}`, 10},
 	{"email.mailgun", func() sdk.Provider { return new(mailgun.Provider) },
-		func() (providerfakes.Server, sdktest.Fake) { f := providerfakes.NewMailgun("mg.example.com", "k"); return f, f },
+		func() (providerfakes.Server, sdktest.Fake) {
+			f := providerfakes.NewMailgun("mg.example.com", "k")
+			return f, f
+		},
 		`{"base_url":%q,"domain":"mg.example.com"}`, `{"api_key":"k"}`, 1},
 	{"email.ses", func() sdk.Provider { return new(ses.Provider) },
-		func() (providerfakes.Server, sdktest.Fake) { f := providerfakes.NewSES("us-east-1", "AKIDEXAMPLE", "s"); return f, f },
+		func() (providerfakes.Server, sdktest.Fake) {
+			f := providerfakes.NewSES("us-east-1", "AKIDEXAMPLE", "s")
+			return f, f
+		},
 		`{"base_url":%q}`, `{"access_key_id":"AKIDEXAMPLE","secret_access_key":"s"}`, 20},
 }
 
