@@ -44,8 +44,9 @@ ENV BATCHSENDER_ADDR=0.0.0.0:8080 \
 VOLUME ["/data"]
 EXPOSE 8080
 
-# /healthz answers as soon as the HTTP server runs. Worker containers do not
-# serve HTTP: docker-compose.yml turns this check off for them.
+# /healthz answers as soon as the HTTP server runs. A `worker` serves no API:
+# give it BATCHSENDER_HEALTH_ADDR=0.0.0.0:8080 (as docker-compose.yml does)
+# so that this check has something to ask.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD wget -q -O /dev/null http://127.0.0.1:8080/healthz || exit 1
 
