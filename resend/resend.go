@@ -301,16 +301,24 @@ func (s *sender) request(ctx context.Context, path, key string, body any) answer
 }
 
 // failure classifies a non-200 answer. A 409 for a concurrent request with
-// the same key is transient; one for a different payload under the same
-// key is not.
+// the same key is transient. A 409 for a different payload under the same
+// key means an earlier attempt with this key reached Resend (and was
+// probably sent) while this one differs: Unknown, neither sent-again nor
+// failed. It happens when a retry's payload changes, for instance if the
+// host's unsubscribe links are not deterministic per item.
 func (s *sender) failure(a answer) sdk.Result {
 	var e apiError
 	msg := http.StatusText(a.status)
 	if json.Unmarshal(a.body, &e) == nil && e.Message != "" {
 		msg = e.Name + ": " + e.Message
 	}
-	if a.status == http.StatusConflict && e.Name == "concurrent_idempotent_requests" {
-		return withAnswer(sdk.RetryAfter(retryAfter(a.header, s.p.env.Now()), fmt.Errorf("HTTP 409: %s", msg)), a)
+	if a.status == http.StatusConflict {
+		switch e.Name {
+		case "concurrent_idempotent_requests":
+			return withAnswer(sdk.RetryAfter(retryAfter(a.header, s.p.env.Now()), fmt.Errorf("HTTP 409: %s", msg)), a)
+		case "invalid_idempotent_request":
+			return withAnswer(sdk.Unknown(fmt.Errorf("HTTP 409: %s (an earlier attempt with this idempotency key reached Resend)", msg)), a)
+		}
 	}
 	return statusResult(a, s.p.env.Now(), msg)
 }

@@ -145,6 +145,22 @@ func TestRetryOfSameChunkReplaysWithIdempotencyKey(t *testing.T) {
 	}
 }
 
+func TestChangedPayloadUnderSameKeyIsUnknown(t *testing.T) {
+	t.Parallel()
+	f, s := setup(t)
+	its := items(3)
+	s.Send(context.Background(), its)
+	its[1].Data = json.RawMessage(`{"to":"user1@example.com","first_name":"Changed"}`)
+	for i, r := range s.Send(context.Background(), its) {
+		if r.Outcome != sdk.OutcomeUnknown || r.StatusCode != 409 || !strings.Contains(r.Err.Error(), "invalid_idempotent_request") {
+			t.Errorf("item %d: %v %d %v", i, r.Outcome, r.StatusCode, r.Err)
+		}
+	}
+	if len(f.Messages()) != 3 {
+		t.Errorf("%d messages, want the first attempt's 3", len(f.Messages()))
+	}
+}
+
 func TestTimeoutAfterSendIsRetryThanksToKey(t *testing.T) {
 	t.Parallel()
 	f, s := setup(t)
