@@ -60,7 +60,8 @@ func parseBaseURL(raw, def string, allowPrivate bool) (*url.URL, error) {
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("config: base_url: %v", err)
+		// url.Error repeats the URL, which may hold credentials.
+		return nil, errors.New("config: base_url: not a valid URL")
 	}
 	switch {
 	case u.Scheme != "https" && !(u.Scheme == "http" && allowPrivate):
