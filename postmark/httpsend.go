@@ -71,6 +71,11 @@ func parseBaseURL(raw, def string, allowPrivate bool) (*url.URL, error) {
 	case u.User != nil || u.RawQuery != "" || u.Fragment != "":
 		return nil, errors.New("config: base_url: must not carry credentials, a query or a fragment")
 	}
+	// Refuse blocked destinations now, with the reason; names that
+	// resolve to one are refused by the dialer at send time.
+	if err := netguard.CheckHost(u.Hostname(), allowPrivate); err != nil {
+		return nil, fmt.Errorf("config: base_url: %w", err)
+	}
 	u.Path = strings.TrimSuffix(u.Path, "/")
 	return u, nil
 }

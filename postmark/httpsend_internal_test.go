@@ -46,6 +46,10 @@ func TestParseBaseURL(t *testing.T) {
 		{"https://example.com?x=1", false, "error"},
 		{"ftp://example.com", true, "error"},
 		{"https://", false, "error"},
+		{"https://10.0.0.7", false, "error"},
+		{"https://169.254.169.254", true, "error"},
+		{"https://localhost:8443", false, "error"},
+		{"https://localhost:8443", true, "https://localhost:8443"},
 	} {
 		u, err := parseBaseURL(c.raw, "https://api.example.com", c.private)
 		got := "error"
