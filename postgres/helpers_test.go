@@ -41,7 +41,11 @@ func TestMain(m *testing.M) {
 	}
 	cancel()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: PostgreSQL is unreachable at %s (set BATCHSENDER_TEST_DATABASE_URL, or start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %v\n", testURL(), err)
+		shown := "the URL in BATCHSENDER_TEST_DATABASE_URL"
+		if u, perr := url.Parse(testURL()); perr == nil {
+			shown = u.Redacted() // never print a password
+		}
+		fmt.Fprintf(os.Stderr, "FAIL: PostgreSQL is unreachable at %s (set BATCHSENDER_TEST_DATABASE_URL, or start it: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %v\n", shown, err)
 		os.Exit(1)
 	}
 	goleak.VerifyTestMain(m)
