@@ -237,7 +237,7 @@ func (s *Store) transition(ctx context.Context, tx *sql.Tx, key int64, b batchse
 		// Fresh attempts: the attempt count starts again from zero, and
 		// the items are due at once.
 		res, err := tx.ExecContext(ctx, `UPDATE items SET status = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?
-			WHERE batch_key = ? AND status IN ('failed', 'unknown')`, now, now, key)
+			WHERE ikey >= ? AND ikey < ? AND status IN ('failed', 'unknown')`, now, now, ikey(key, 0), ikey(key+1, 0))
 		if err != nil {
 			return fmt.Errorf("retrying failed items: %w", err)
 		}
@@ -261,7 +261,7 @@ func (s *Store) transition(ctx context.Context, tx *sql.Tx, key int64, b batchse
 // moves the counts along.
 func cancelPending(ctx context.Context, tx *sql.Tx, key int64, now int64) error {
 	res, err := tx.ExecContext(ctx, `UPDATE items SET status = 'cancelled', updated_at = ?
-		WHERE batch_key = ? AND status = 'pending'`, now, key)
+		WHERE batch_key = ? AND status = 'pending'`, now, key) // through items_claim
 	if err != nil {
 		return fmt.Errorf("cancelling items: %w", err)
 	}

@@ -40,18 +40,22 @@ const (
 )
 
 // itemInsertRows is how many items one INSERT statement carries. Fewer
-// statements mean fewer trips through the driver; 500 rows of 6 values
+// statements mean fewer trips through the driver; 500 rows of 7 values
 // stay far below SQLite's limit of 32766 bound parameters.
 const itemInsertRows = 500
 
 // itemInsertCols is the number of values bound per item row.
-const itemInsertCols = 6
+const itemInsertCols = 7
+
+// ikey is the rowid of a batch's item: the items of one batch form one
+// rowid range, in seq order (see the items table).
+func ikey(batchKey, seq int64) int64 { return batchKey<<32 | seq }
 
 // itemInsertSQL returns a multi-row insert of n items. OR ROLLBACK: any
 // failure ends the whole ingest anyway, and unlike the default (ABORT) it
 // needs no statement journal, a copy of every page the statement changes.
 func itemInsertSQL(n int) string {
-	return `INSERT OR ROLLBACK INTO items (batch_key, seq, id, data, next_attempt_at, updated_at) VALUES ` + valuesList(n, itemInsertCols)
+	return `INSERT OR ROLLBACK INTO items (ikey, batch_key, seq, id, data, next_attempt_at, updated_at) VALUES ` + valuesList(n, itemInsertCols)
 }
 
 // valuesList returns n rows of cols placeholders: "(?,?),(?,?)".
@@ -173,7 +177,7 @@ func (g *ingester) write(ctx context.Context, s *Store, tx *sql.Tx, batchKey, ba
 		g.args = g.args[:0]
 		for _, r := range g.rows[:k] {
 			g.n++
-			g.args = append(g.args, key, base+g.n, r.id, r.data, stamp, stamp)
+			g.args = append(g.args, ikey(batchKey, base+g.n), key, base+g.n, r.id, r.data, stamp, stamp)
 		}
 		var err error
 		if k == itemInsertRows {
@@ -345,7 +349,7 @@ func (s *Store) dropCreate(ctx context.Context, key int64, token string) error {
 		if n, err := res.RowsAffected(); err != nil || n == 0 {
 			return err // someone else removed it already
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM items WHERE batch_key = ?`, key); err != nil {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM items WHERE ikey >= ? AND ikey < ?`, ikey(key, 0), ikey(key+1, 0)); err != nil {
 			return fmt.Errorf("deleting items: %w", err)
 		}
 		return nil
@@ -365,7 +369,7 @@ func (s *Store) dropAppend(ctx context.Context, key int64, token string) error {
 			return err // someone else ended it already
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM items
-			WHERE batch_key = ? AND seq > (SELECT total FROM batches WHERE bkey = ?)`, key, key); err != nil {
+			WHERE ikey > ? + (SELECT total FROM batches WHERE bkey = ?) AND ikey < ?`, ikey(key, 0), key, ikey(key+1, 0)); err != nil {
 			return fmt.Errorf("deleting items: %w", err)
 		}
 		return nil

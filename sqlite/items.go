@@ -63,6 +63,11 @@ var itemListByRareStatus = func() map[batchsender.ItemStatus]string {
 	return m
 }()
 
+// itemListSQL lists a rowid range of items (first excluded, last
+// included), filtered by status unless it is ''.
+const itemListSQL = `SELECT ` + itemColumns + ` FROM items
+	WHERE ikey > ? AND ikey <= ? AND (? = '' OR status = ?) ORDER BY ikey LIMIT ?`
+
 // ItemList implements batchsender.Store. A Limit of 0 means 100; at most
 // 10,000 items come back.
 func (s *Store) ItemList(ctx context.Context, p batchsender.ItemListParams) ([]batchsender.Item, error) {
@@ -80,13 +85,12 @@ func (s *Store) ItemList(ctx context.Context, p batchsender.ItemListParams) ([]b
 	if q, ok := itemListByRareStatus[p.Status]; ok {
 		rows, err = s.r.QueryContext(ctx, q, ref.key, p.AfterSeq, ref.total, n)
 	} else {
-		// A range of the (batch_key, seq) primary key, filtered by status
-		// when one is given: the statuses without an index are the ones
-		// that are usually dense. Items beyond total belong to an append
-		// still in progress.
-		rows, err = s.r.QueryContext(ctx, `SELECT `+itemColumns+` FROM items
-			WHERE batch_key = ? AND seq > ? AND seq <= ? AND (? = '' OR status = ?) ORDER BY seq LIMIT ?`,
-			ref.key, p.AfterSeq, ref.total, p.Status, p.Status, n)
+		// A range of rowids (the batch's items in seq order), filtered by
+		// status when one is given: the statuses without an index are the
+		// ones that are usually dense. Items beyond total belong to an
+		// append still in progress.
+		rows, err = s.r.QueryContext(ctx, itemListSQL,
+			ikey(ref.key, max(p.AfterSeq, 0)), ikey(ref.key, ref.total), p.Status, p.Status, n)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("listing items: %w", err)
@@ -131,16 +135,15 @@ func (s *Store) ItemAttemptList(ctx context.Context, projectID, itemID string) (
 // claimSQL claims due items of one batch in one statement. The subquery
 // walks items_claim (partial on pending) from the oldest due item, so its
 // cost is the number of items claimed, not the batch size. It is
-// PostgreSQL's "UPDATE ... WHERE (batch, seq) IN (SELECT ... FOR UPDATE
-// SKIP LOCKED)" without the locking clause: SQLite's single writer already
+// PostgreSQL's "UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)" without the locking clause: SQLite's single writer already
 // serialises claims. ChunkClaim checks in the same transaction that the
 // batch is running. OR ROLLBACK (here and on the other hot statements):
 // a failure fails the whole transaction anyway, and it spares SQLite the
 // statement journal.
 const claimSQL = `UPDATE OR ROLLBACK items SET status = 'in_flight', attempts = attempts + 1,
 	lease_owner = ?, lease_expires_at = ?, updated_at = ?
-WHERE batch_key = ? AND seq IN (
-	SELECT seq FROM items INDEXED BY items_claim
+WHERE ikey IN (
+	SELECT ikey FROM items INDEXED BY items_claim
 	WHERE batch_key = ? AND status = 'pending' AND next_attempt_at <= ?
 	ORDER BY next_attempt_at, seq
 	LIMIT ?)
@@ -169,7 +172,7 @@ func (s *Store) ChunkClaim(ctx context.Context, p batchsender.ChunkClaimParams) 
 		}
 		claim := tx.StmtContext(ctx, s.st.claim)
 		defer claim.Close()
-		rows, err := claim.QueryContext(ctx, p.Owner, ms(p.LeaseUntil), now, ref.key, ref.key, now, p.Limit)
+		rows, err := claim.QueryContext(ctx, p.Owner, ms(p.LeaseUntil), now, ref.key, now, p.Limit)
 		if err != nil {
 			return fmt.Errorf("claiming items: %w", err)
 		}

@@ -48,7 +48,8 @@ func TestHotPathsUseIndexes(t *testing.T) {
 		name, sql string
 		want      []string
 	}{
-		{"claim", claimSQL, []string{"USING PRIMARY KEY (batch_key=? AND seq=?)", "USING COVERING INDEX items_claim (batch_key=? AND next_attempt_at<?)"}},
+		{"claim", claimSQL, []string{"USING INTEGER PRIMARY KEY (rowid=?)", "USING COVERING INDEX items_claim (batch_key=? AND next_attempt_at<?)"}},
+		{"items", itemListSQL, []string{"USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)"}},
 		{"results", resultSQL(3), []string{"USING INDEX items_id (id=?)"}},
 		{"failed items", itemListByRareStatus["failed"], []string{"USING INDEX items_rare_status (batch_key=? AND status=? AND seq>? AND seq<?)"}},
 		{"rescue", rescueSQL, []string{"USING INDEX items_lease (lease_expires_at<?)"}},

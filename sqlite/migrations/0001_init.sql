@@ -78,16 +78,19 @@ CREATE UNIQUE INDEX batches_idempotency ON batches (project_id, idempotency_key)
 CREATE INDEX batches_running ON batches (bkey) WHERE status = 'running';
 CREATE INDEX batches_scheduled ON batches (send_at) WHERE status = 'scheduled';
 
--- Items are clustered by (batch_key, seq): a batch's items sit together in
--- upload order, so ingest appends to the B-tree and ItemList reads one range.
--- WITHOUT ROWID saves a separate rowid tree (one B-tree fewer per insert).
--- Every index below costs time on the hot paths (ingest, claim, result), so
--- there are only the ones those paths and the tenant-facing lists need.
--- The project is the batch's (through batch_key), not repeated here.
+-- Items are clustered by batch and seq: the rowid ikey is
+-- batch_key << 32 | seq, so a batch's items sit together in upload order,
+-- ingest appends at the right edge of the table (SQLite's cheapest insert,
+-- which only rowid tables get), ItemList reads one rowid range, and every
+-- row lookup compares one integer. batch_key and seq are kept as columns
+-- too, for the indexes below. Every index costs time on the hot paths
+-- (ingest, claim, result), so there are only the ones those paths and the
+-- tenant-facing lists need. The project is the batch's, not repeated here.
 -- batch_key has no REFERENCES clause on purpose: the store writes items only
 -- in the transaction that holds their batch, and a foreign key would cost a
 -- parent lookup per ingested row and a statement journal per insert.
 CREATE TABLE items (
+    ikey                INTEGER PRIMARY KEY,
     batch_key           INTEGER NOT NULL,
     seq                 INTEGER NOT NULL,
     id                  TEXT NOT NULL,
@@ -100,9 +103,8 @@ CREATE TABLE items (
     lease_owner         TEXT,
     lease_expires_at    INTEGER,
     units               INTEGER NOT NULL DEFAULT 0,
-    updated_at          INTEGER NOT NULL,
-    PRIMARY KEY (batch_key, seq)
-) WITHOUT ROWID;
+    updated_at          INTEGER NOT NULL
+);
 
 -- Result writes, releases and attempt lists find items by ID.
 CREATE UNIQUE INDEX items_id ON items (id);
