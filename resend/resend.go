@@ -254,6 +254,16 @@ func BatchKey(ids []string) string {
 	return "bs-batch-" + hex.EncodeToString(h[:16])
 }
 
+// ItemKey returns the Idempotency-Key of a single-email call for an item:
+// "bs-item-" + its ID (hashed if that would pass Resend's 256 characters).
+func ItemKey(id string) string {
+	if len(id) > 240 {
+		h := sha256.Sum256([]byte(id))
+		return "bs-item-" + hex.EncodeToString(h[:])
+	}
+	return "bs-item-" + id
+}
+
 // Send implements sdk.Sender.
 func (s *sender) Send(ctx context.Context, items []sdk.Item) []sdk.Result {
 	res := make([]sdk.Result, len(items))
@@ -327,7 +337,7 @@ func (s *sender) single(ctx context.Context, itemID string, m message) sdk.Resul
 	if err := ctx.Err(); err != nil {
 		return sdk.Retry(fmt.Errorf("not sent: %w", err))
 	}
-	a := s.request(ctx, "/emails", "bs-item-"+itemID, m)
+	a := s.request(ctx, "/emails", ItemKey(itemID), m)
 	if a.err != nil {
 		return transportResult(a, "posting /emails", true)
 	}
