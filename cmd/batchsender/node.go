@@ -22,7 +22,14 @@ type nodeConfig struct {
 	AllowPrivate bool
 	PublicURL    string
 	LogLevel     string
+	// LeaseDuration is how long a claim holds its items (0: the engine's
+	// default). On PostgreSQL it is also how long the items of a node that
+	// died wait before another node sends them.
+	LeaseDuration time.Duration
 }
+
+// envLeaseDuration tunes the engine's claim lease.
+const envLeaseDuration = "BATCHSENDER_LEASE_DURATION"
 
 // readNodeEnv fills the settings that come from the environment only.
 func (c *nodeConfig) readNodeEnv(getenv func(string) string) error {
@@ -30,8 +37,17 @@ func (c *nodeConfig) readNodeEnv(getenv func(string) string) error {
 	c.SecretKey = getenv(envSecretKey)
 	c.PublicURL = strings.TrimRight(strings.TrimSpace(getenv(envPublicURL)), "/")
 	c.LogLevel = envOr(getenv, envLogLevel, "info")
-	c.AllowPrivate, err = parseBoolEnv(getenv, envAllowPrivate)
-	return err
+	if c.AllowPrivate, err = parseBoolEnv(getenv, envAllowPrivate); err != nil {
+		return err
+	}
+	if v := strings.TrimSpace(getenv(envLeaseDuration)); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Second || d > time.Hour {
+			return fmt.Errorf("%s: %q is not a duration between 1s and 1h (such as 30s)", envLeaseDuration, v)
+		}
+		c.LeaseDuration = d
+	}
+	return nil
 }
 
 // errSharedKey explains why a shared store needs the key in the environment.
@@ -90,6 +106,7 @@ func openNode(ctx context.Context, cfg nodeConfig, logger *slog.Logger, exclusiv
 		Logger:        logger,
 		Now:           time.Now,
 		RescueOnStart: st.SingleProcess,
+		LeaseDuration: cfg.LeaseDuration,
 	})
 	if err != nil {
 		return n, fmt.Errorf("starting engine: %w", err)
@@ -128,5 +145,8 @@ func nodeHelp() string {
                                first start; required with PostgreSQL (the same on every node)
   ` + envAllowPrivate + ` true lets providers reach loopback and private networks
   ` + envPublicURL + `       base URL where the API is reachable
-  ` + envLogLevel + `        debug, info (default), warn or error`
+  ` + envLogLevel + `        debug, info (default), warn or error
+  ` + envLeaseDuration + `   how long a node holds claimed items (default 1m); on
+                               PostgreSQL, how long a dead node's items wait before
+                               another node sends them`
 }
