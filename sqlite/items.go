@@ -64,7 +64,7 @@ var itemListByRareStatus = func() map[batchsender.ItemStatus]string {
 }()
 
 // itemListSQL lists a rowid range of items (first excluded, last
-// included), filtered by status unless it is ”.
+// included), filtered by status unless that is empty.
 const itemListSQL = `SELECT ` + itemColumns + ` FROM items
 	WHERE ikey > ? AND ikey <= ? AND (? = '' OR status = ?) ORDER BY ikey LIMIT ?`
 
