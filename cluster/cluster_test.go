@@ -73,7 +73,9 @@ func TestClusterSurvivesKill9(t *testing.T) {
 	t.Logf("maintenance role moved to %v %v after the kill", leaders(api, other), time.Since(killedAt).Round(time.Millisecond))
 
 	ctx := context.Background()
-	b, err := c.WaitBatch(ctx, id, 5*time.Minute, func(b e2e.Batch) bool { return b.Status == "completed" || b.Status == "failed" || b.Status == "cancelled" })
+	b, err := c.WaitBatch(ctx, id, 5*time.Minute, func(b e2e.Batch) bool {
+		return b.Status == "completed" || b.Status == "failed" || b.Status == "cancelled"
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
