@@ -21,6 +21,7 @@ func (s *server) routes(mux handleRegistrar) {
 	mux.Handle("GET /openapi.json", s.handleOpenAPI())
 
 	mux.Handle("GET /v1/modules", s.auth(s.handleModuleList()))
+	mux.Handle("POST /v1/templates/preview", s.auth(s.handleTemplatePreview()))
 
 	mux.Handle("POST /v1/connections", s.auth(s.handleConnectionCreate()))
 	mux.Handle("GET /v1/connections", s.auth(s.handleConnectionList()))
