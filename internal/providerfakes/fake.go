@@ -8,7 +8,17 @@
 // it between accepting, rate limiting, failing, rejecting and hanging.
 //
 // The fakes live in a non-test package so that e2e tests can start them
-// next to a real server.
+// next to a real server:
+//
+//	fake := providerfakes.NewPostmark("server-token")
+//	url := providerfakes.Start(t, fake) // loopback httptest server, stopped by t.Cleanup
+//	// connection: {"provider":"email.postmark","config":{"base_url":url},
+//	//              "secrets":{"server_token":"server-token"}}
+//	fake.Set(sdktest.Behaviour{Mode: sdktest.RateLimit, RetryAfter: 5 * time.Second})
+//	fake.SetDelay(3 * time.Second) // slow answers
+//	msgs := fake.Messages()         // what was accepted, after substitutions
+//
+// The provider under test needs AllowPrivateNetworks to reach loopback.
 package providerfakes
 
 import (
