@@ -103,10 +103,10 @@ func (s *Store) ItemAttemptList(ctx context.Context, projectID, itemID string) (
 
 // ChunkClaim claims up to Limit due pending items of one running batch.
 //
-// The transaction locks the batch row first (see the package doc), checks
-// the batch is running, then takes the due items in claim order with
-// FOR UPDATE SKIP LOCKED through the items_due index, counting the attempt
-// in the same statement that moves the counts on the batch row.
+// It locks the batch row first (see the package doc), then takes the due
+// items in claim order with FOR UPDATE SKIP LOCKED through the items_due
+// index, counting the attempt in the same statement that moves the counts
+// on the batch row; nothing when the batch is not running.
 func (s *Store) ChunkClaim(ctx context.Context, p batchsender.ChunkClaimParams) ([]batchsender.Item, error) {
 	if p.Limit <= 0 {
 		return []batchsender.Item{}, nil
@@ -114,65 +114,68 @@ func (s *Store) ChunkClaim(ctx context.Context, p batchsender.ChunkClaimParams) 
 	if p.Owner == "" {
 		return nil, batchsender.Errorf(batchsender.EINVALID, "a claim needs an owner")
 	}
-	var out []batchsender.Item
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		var status batchsender.BatchStatus
-		err := tx.QueryRow(ctx, `SELECT status FROM batches WHERE id = $1 FOR NO KEY UPDATE`, p.BatchID).Scan(&status)
-		if err != nil {
-			if err == pgx.ErrNoRows {
-				out = []batchsender.Item{}
-				return nil
-			}
-			return fmt.Errorf("claiming items: locking batch: %w", err)
-		}
-		if status != batchsender.BatchRunning {
-			out = []batchsender.Item{}
-			return nil
-		}
-		rows, err := tx.Query(ctx, `WITH claimed AS (
-				UPDATE items SET status = 'in_flight', attempts = attempts + 1,
-					lease_owner = $2, lease_expires_at = $3, updated_at = $4
-				-- By ctid: a TID scan of exactly the rows just locked. With
-				-- "id IN (...)" the planner hashes the subquery against a
-				-- scan of the whole items table once a batch is large. The
-				-- ctids are stable: the rows are locked, and the batch lock
-				-- taken before this statement keeps every other writer of
-				-- this batch's items out.
-				WHERE ctid = ANY(ARRAY(
-					SELECT ctid FROM items
-					WHERE batch_id = $1 AND status = 'pending' AND next_attempt_at <= $4
-					ORDER BY next_attempt_at, seq
-					LIMIT $5
-					FOR UPDATE SKIP LOCKED
-				))
-				RETURNING `+itemColumns+`
-			), counted AS (
-				UPDATE batches SET count_pending = count_pending - c.n, count_in_flight = count_in_flight + c.n, updated_at = $4
-				FROM (SELECT count(*) AS n FROM claimed) c
-				WHERE id = $1 AND c.n > 0
-			)
-			SELECT * FROM claimed ORDER BY next_attempt_at, seq`,
-			p.BatchID, p.Owner, ms(p.LeaseUntil), ms(p.Now), p.Limit)
-		if err != nil {
-			return fmt.Errorf("claiming items: %w", err)
-		}
-		out, err = collectItems(rows)
-		if err != nil {
-			return fmt.Errorf("claiming items: %w", err)
-		}
-		return nil
-	})
+	// Both statements go in one pipeline, which PostgreSQL runs as one
+	// implicit transaction: one round trip per claim. The first takes the
+	// batch lock; the second, with a fresh snapshot taken after it, claims
+	// only if the batch is running.
+	b := &pgx.Batch{}
+	b.Queue(`SELECT 1 FROM batches WHERE id = $1 FOR NO KEY UPDATE`, p.BatchID)
+	b.Queue(claimSQL, p.BatchID, p.Owner, ms(p.LeaseUntil), ms(p.Now), p.Limit)
+	br := s.pool.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return nil, fmt.Errorf("claiming items: locking batch: %w", err)
+	}
+	rows, err := br.Query()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("claiming items: %w", err)
+	}
+	out, err := collectItems(rows)
+	if err != nil {
+		return nil, fmt.Errorf("claiming items: %w", err)
+	}
+	if err := br.Close(); err != nil {
+		return nil, fmt.Errorf("claiming items: %w", err)
 	}
 	return out, nil
 }
 
+// claimSQL claims due items of one running batch and moves the counts.
+const claimSQL = `WITH claimed AS (
+		UPDATE items SET status = 'in_flight', attempts = attempts + 1,
+			lease_owner = $2, lease_expires_at = $3, updated_at = $4
+		-- By ctid: a TID scan of exactly the rows just locked. With
+		-- "id IN (...)" the planner hashes the subquery against a scan of
+		-- the whole items table once a batch is large. The ctids are
+		-- stable: the rows are locked, and the batch lock taken before this
+		-- statement keeps every other writer of this batch's items out.
+		WHERE ctid = ANY(ARRAY(
+			SELECT ctid FROM items
+			WHERE batch_id = $1 AND status = 'pending' AND next_attempt_at <= $4
+				AND EXISTS (SELECT 1 FROM batches WHERE id = $1 AND status = 'running')
+			ORDER BY next_attempt_at, seq
+			LIMIT $5
+			FOR UPDATE SKIP LOCKED
+		))
+		RETURNING ` + itemColumns + `
+	), counted AS (
+		UPDATE batches SET count_pending = count_pending - c.n, count_in_flight = count_in_flight + c.n, updated_at = $4
+		FROM (SELECT count(*) AS n FROM claimed) c
+		WHERE id = $1 AND c.n > 0
+	)
+	SELECT * FROM claimed ORDER BY next_attempt_at, seq`
+
+// The batch locks, in ID order.
+const (
+	lockBatchesSQL   = `SELECT 1 FROM batches WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`
+	lockBatchesOfSQL = `SELECT 1 FROM batches WHERE id IN (SELECT DISTINCT batch_id FROM items WHERE id = ANY($1))
+		ORDER BY id FOR NO KEY UPDATE`
+)
+
 // lockBatchesOf locks, in ID order, the rows of the batches the given items
 // belong to.
 func lockBatchesOf(ctx context.Context, tx pgx.Tx, itemIDs []string) error {
-	_, err := tx.Exec(ctx, `SELECT 1 FROM batches WHERE id IN (SELECT DISTINCT batch_id FROM items WHERE id = ANY($1))
-		ORDER BY id FOR NO KEY UPDATE`, itemIDs)
+	_, err := tx.Exec(ctx, lockBatchesOfSQL, itemIDs)
 	if err != nil {
 		return fmt.Errorf("locking batches: %w", err)
 	}
@@ -181,7 +184,7 @@ func lockBatchesOf(ctx context.Context, tx pgx.Tx, itemIDs []string) error {
 
 // lockBatches locks the given batches' rows in ID order.
 func lockBatches(ctx context.Context, tx pgx.Tx, batchIDs []string) error {
-	_, err := tx.Exec(ctx, `SELECT 1 FROM batches WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE`, batchIDs)
+	_, err := tx.Exec(ctx, lockBatchesSQL, batchIDs)
 	if err != nil {
 		return fmt.Errorf("locking batches: %w", err)
 	}
@@ -284,31 +287,34 @@ func (s *Store) ItemResultsWriteMany(ctx context.Context, results []batchsender.
 		}
 	}
 	now := s.stamp()
+	// One pipeline, run by PostgreSQL as one implicit transaction: one
+	// round trip per call. It locks the batches in ID order first (see the
+	// package doc); results normally name their batch, and only when one
+	// does not are the batches looked up through the items.
+	b := &pgx.Batch{}
+	if allNamed {
+		b.Queue(lockBatchesSQL, batchIDs)
+	} else {
+		b.Queue(lockBatchesOfSQL, slices.Collect(maps.Keys(seen)))
+	}
+	for _, round := range rounds {
+		b.Queue(resultsSQL, resultArgs(round, now)...)
+	}
+	br := s.pool.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return 0, fmt.Errorf("writing item results: locking batches: %w", err)
+	}
 	written := 0
-	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		// Lock the batches in ID order first (see the package doc). Results
-		// normally name their batch; only when one does not are the batches
-		// looked up through the items.
-		var err error
-		if allNamed {
-			err = lockBatches(ctx, tx, batchIDs)
-		} else {
-			err = lockBatchesOf(ctx, tx, slices.Collect(maps.Keys(seen)))
+	for range rounds {
+		var n int
+		if err := br.QueryRow().Scan(&n); err != nil {
+			return 0, fmt.Errorf("writing item results: %w", err)
 		}
-		if err != nil {
-			return err
-		}
-		for _, round := range rounds {
-			var n int
-			if err := tx.QueryRow(ctx, resultsSQL, resultArgs(round, now)...).Scan(&n); err != nil {
-				return fmt.Errorf("writing item results: %w", err)
-			}
-			written += n
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, err
+		written += n
+	}
+	if err := br.Close(); err != nil {
+		return 0, fmt.Errorf("writing item results: %w", err)
 	}
 	return written, nil
 }
