@@ -147,7 +147,7 @@ WHERE ikey IN (
 	WHERE batch_key = ? AND status = 'pending' AND next_attempt_at <= ?
 	ORDER BY next_attempt_at, seq
 	LIMIT ?)
-RETURNING ` + itemColumns
+RETURNING seq, id, data, attempts, next_attempt_at, last_error, provider_message_id`
 
 // ChunkClaim implements batchsender.Store.
 func (s *Store) ChunkClaim(ctx context.Context, p batchsender.ChunkClaimParams) ([]batchsender.Item, error) {
@@ -176,7 +176,7 @@ func (s *Store) ChunkClaim(ctx context.Context, p batchsender.ChunkClaimParams) 
 		if err != nil {
 			return fmt.Errorf("claiming items: %w", err)
 		}
-		if items, err = collectItems(rows, ref); err != nil {
+		if items, err = collectClaimed(rows, ref, p.Owner, fromMS(ms(p.LeaseUntil)), fromMS(now)); err != nil {
 			return fmt.Errorf("claiming items: %w", err)
 		}
 		if len(items) == 0 {
@@ -200,6 +200,30 @@ func (s *Store) ChunkClaim(ctx context.Context, p batchsender.ChunkClaimParams) 
 		return int(a.Seq - b.Seq)
 	})
 	return items, nil
+}
+
+// collectClaimed reads the rows claimSQL returns: only the columns the
+// claim did not just set, since those are known.
+func collectClaimed(rows *sql.Rows, b batchRef, owner string, leaseUntil, now time.Time) ([]batchsender.Item, error) {
+	defer rows.Close()
+	out := []batchsender.Item{}
+	for rows.Next() {
+		until := leaseUntil // each item its own, callers may change them
+		it := batchsender.Item{BatchID: b.id, ProjectID: b.projectID, Status: batchsender.ItemInFlight,
+			LeaseOwner: owner, LeaseExpiresAt: &until, UpdatedAt: now}
+		var data string
+		var next int64
+		if err := rows.Scan(&it.Seq, &it.ID, &data, &it.Attempts, &next, &it.LastError, &it.ProviderMessageID); err != nil {
+			return nil, fmt.Errorf("reading item: %w", err)
+		}
+		it.Data = json.RawMessage(data)
+		it.NextAttemptAt = fromMS(next)
+		out = append(out, it)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading items: %w", err)
+	}
+	return out, nil
 }
 
 // resultRows is how many results one UPDATE ... FROM (VALUES ...) statement
