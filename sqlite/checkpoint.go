@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 )
 
@@ -25,6 +26,7 @@ type checkpointer struct {
 	logger *slog.Logger
 	stop   chan struct{}
 	done   chan struct{}
+	once   sync.Once
 }
 
 func startCheckpointer(path string, logger *slog.Logger) (*checkpointer, error) {
@@ -65,7 +67,11 @@ func (c *checkpointer) checkpoint(ctx context.Context, mode string) error {
 
 // close stops the goroutine and closes its connection.
 func (c *checkpointer) close() error {
-	close(c.stop)
-	<-c.done
-	return c.db.Close()
+	var err error
+	c.once.Do(func() {
+		close(c.stop)
+		<-c.done
+		err = c.db.Close()
+	})
+	return err
 }
