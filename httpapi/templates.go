@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -216,7 +217,7 @@ func (e emailPreview) Preview(data json.RawMessage) (json.RawMessage, error) {
 	for _, a := range m.Attachments {
 		v.Attachments = append(v.Attachments, attachmentView{Filename: a.Filename, ContentType: a.ContentType, Size: len(a.Content)})
 	}
-	return json.Marshal(v)
+	return marshalUnescaped(v)
 }
 
 // addrText writes an address for people: "Name <addr>" without the
@@ -226,4 +227,16 @@ func addrText(a mail.Address) string {
 		return a.Address
 	}
 	return a.Name + " <" + a.Address + ">"
+}
+
+// marshalUnescaped encodes v as JSON without escaping <, > and &, so a
+// rendered HTML body reads as written.
+func marshalUnescaped(v any) (json.RawMessage, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }

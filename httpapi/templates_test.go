@@ -63,6 +63,9 @@ func TestTemplatePreview(t *testing.T) {
 				t.Errorf("%s = %q, want %q", k, m[k], v)
 			}
 		}
+		if !strings.Contains(string(out.Results[0].Rendered), `"html":"<p>Hello Ann &lt;3</p>`) {
+			t.Errorf("rendering is not written as plain JSON: %s", out.Results[0].Rendered)
+		}
 		if to, _ := m["to"].([]any); len(to) != 1 || to[0] != "Ann Lee <ann@example.com>" {
 			t.Errorf("to = %v", m["to"])
 		}

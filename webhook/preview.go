@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"bytes"
 	"encoding/json"
 	"sort"
 
@@ -37,7 +38,19 @@ func (s *sender) Preview(data json.RawMessage) (json.RawMessage, error) {
 	for _, k := range names {
 		p.Headers[k] = r.headers[k]
 	}
-	return json.Marshal(p)
+	return marshalUnescaped(p)
 }
 
 var _ sdk.Previewer = (*sender)(nil)
+
+// marshalUnescaped encodes v as JSON without escaping <, > and &, so a
+// rendered HTML body reads as written.
+func marshalUnescaped(v any) (json.RawMessage, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}

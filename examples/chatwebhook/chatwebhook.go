@@ -186,7 +186,15 @@ func (s *sender) render(data json.RawMessage) ([]byte, error) {
 	if strings.TrimSpace(text) == "" {
 		return nil, errors.New("text: renders empty; Slack refuses empty messages")
 	}
-	return json.Marshal(map[string]string{"text": text})
+	// Slack takes <, > and & as written (it has its own escaping), so
+	// they are not turned into \u003c and friends.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(map[string]string{"text": text}); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 // ValidateItem implements sdk.Sender: a missing variable is found here, at

@@ -167,7 +167,7 @@ func TestPostsTheRenderedText(t *testing.T) {
 		t.Errorf("Slack received %q", got)
 	}
 	prev, err := s.(sdk.Previewer).Preview(json.RawMessage(`{"name":"bo"}`))
-	if err != nil || string(prev) != `{"text":"Hi BO \u003c3"}` {
+	if err != nil || string(prev) != `{"text":"Hi BO <3"}` {
 		t.Errorf("Preview = %s, %v", prev, err)
 	}
 }
