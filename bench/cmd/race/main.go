@@ -1,0 +1,550 @@
+// Command race runs the race of issue 4: on the same database and in the
+// same run, River (a general job queue, github.com/riverqueue/river) and
+// BatchSender each deliver the same N signed webhooks to the same loopback
+// receiver, which verifies every signature; every result is durable before
+// the clock stops. It does this on PostgreSQL and on SQLite, and measures a
+// bare net/http loop against the same receiver as the ceiling.
+//
+// Each contestant first enqueues all N (River: InsertManyFast with its
+// workers stopped; BatchSender: an NDJSON upload into a draft batch of the
+// real binary), then delivers: the delivery clock runs from starting the
+// workers (River: Client.Start; BatchSender: POST .../start) until the
+// database says all N are done (River: N rows of river_job in state
+// completed; BatchSender: the batch completed with N succeeded). Both
+// phases are printed; the ratios compare delivery, then end to end.
+//
+//	cd bench && go run ./cmd/race -n 100000
+//
+// This module is separate from BatchSender's so that the product never
+// depends on its rivals.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/riverdriver/riversqlite"
+	"github.com/riverqueue/river/rivermigrate"
+	_ "modernc.org/sqlite"
+
+	"github.com/batchsender/batchsender/benchmarks"
+	"github.com/batchsender/batchsender/e2e"
+)
+
+type config struct {
+	n            int
+	concurrency  int
+	riverWorkers int
+	pad          int
+	pgURL        string
+	bin          string
+	workDir      string
+	stores       string
+	skipBare     bool
+}
+
+func main() {
+	var cfg config
+	flag.IntVar(&cfg.n, "n", 100_000, "webhooks each contestant delivers")
+	flag.IntVar(&cfg.concurrency, "concurrency", 128, "BatchSender batch concurrency and bare-loop workers")
+	flag.IntVar(&cfg.riverWorkers, "river-workers", 0, "River MaxWorkers (default: -concurrency)")
+	flag.IntVar(&cfg.pad, "pad", 100, "bytes of padding in each payload")
+	flag.StringVar(&cfg.pgURL, "pg", envOr("BATCHSENDER_TEST_DATABASE_URL", "postgres://root@127.0.0.1:5432/test?sslmode=disable"), "PostgreSQL URL (each contestant gets a fresh schema, dropped afterwards)")
+	flag.StringVar(&cfg.bin, "bin", "", "batchsender binary (default: build ../cmd/batchsender)")
+	flag.StringVar(&cfg.workDir, "workdir", "", "directory for data and logs (default: a temporary one, removed)")
+	flag.StringVar(&cfg.stores, "stores", "postgres,sqlite", "which rounds to run")
+	flag.BoolVar(&cfg.skipBare, "skip-bare", false, "skip the bare loop")
+	flag.Parse()
+	if cfg.riverWorkers == 0 {
+		cfg.riverWorkers = cfg.concurrency
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, cfg)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "race:", err)
+		os.Exit(1)
+	}
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05.000")+" "+format+"\n", args...)
+}
+
+// result is one contestant's figures.
+type result struct {
+	enqueue, deliver time.Duration
+	n                int
+}
+
+func (r result) deliverRate() float64 { return float64(r.n) / r.deliver.Seconds() }
+func (r result) totalRate() float64   { return float64(r.n) / (r.enqueue + r.deliver).Seconds() }
+
+func run(ctx context.Context, cfg config) error {
+	if cfg.workDir == "" {
+		dir, err := os.MkdirTemp("", "batchsender-race-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		cfg.workDir = dir
+	}
+	if cfg.bin == "" {
+		bin, err := buildBinary(ctx, cfg.workDir)
+		if err != nil {
+			return err
+		}
+		cfg.bin = bin
+	}
+	raw := make([]byte, 32)
+	_, _ = rand.Read(raw)
+	secret := "whsec_" + base64.StdEncoding.EncodeToString(raw)
+	recv, err := e2e.NewReceiver(e2e.ReceiverOptions{Secret: secret})
+	if err != nil {
+		return err
+	}
+	defer recv.Close()
+	r := &racer{cfg: cfg, recv: recv, secret: secret, key: raw}
+
+	fmt.Printf("race: %d signed webhooks per contestant, BatchSender concurrency %d, River MaxWorkers %d, %d-byte bodies, GOMAXPROCS %d\n",
+		cfg.n, cfg.concurrency, cfg.riverWorkers, len(payload(nil, cfg.n/2, cfg.pad)), runtime.GOMAXPROCS(0))
+	for _, store := range strings.Split(cfg.stores, ",") {
+		var bs, rv result
+		var err error
+		switch store {
+		case "postgres":
+			if bs, err = r.batchsenderPG(ctx); err != nil {
+				return fmt.Errorf("batchsender on postgres: %w", err)
+			}
+			if rv, err = r.riverPG(ctx); err != nil {
+				return fmt.Errorf("river on postgres: %w", err)
+			}
+		case "sqlite":
+			if bs, err = r.batchsenderSQLite(ctx); err != nil {
+				return fmt.Errorf("batchsender on sqlite: %w", err)
+			}
+			if rv, err = r.riverSQLite(ctx); err != nil {
+				return fmt.Errorf("river on sqlite: %w", err)
+			}
+		default:
+			return fmt.Errorf("unknown store %q: use postgres and/or sqlite", store)
+		}
+		fmt.Printf("%s:\n", store)
+		fmt.Printf("  batchsender: deliver %8.0f items/s (%v); enqueue %v; end to end %8.0f items/s\n", bs.deliverRate(), bs.deliver.Round(time.Millisecond), bs.enqueue.Round(time.Millisecond), bs.totalRate())
+		fmt.Printf("  river:       deliver %8.0f items/s (%v); enqueue %v; end to end %8.0f items/s\n", rv.deliverRate(), rv.deliver.Round(time.Millisecond), rv.enqueue.Round(time.Millisecond), rv.totalRate())
+		fmt.Printf("  batchsender/river: %.2f× delivering, %.2f× end to end\n", bs.deliverRate()/rv.deliverRate(), bs.totalRate()/rv.totalRate())
+		if store == "postgres" && !cfg.skipBare {
+			recv.Reset()
+			logf("bare loop")
+			d, err := benchmarks.BareLoop(ctx, recv.URL+"/hook", raw, cfg.n, cfg.concurrency, cfg.pad)
+			if err != nil {
+				return fmt.Errorf("bare loop: %w", err)
+			}
+			if err := r.check(cfg.n, false); err != nil {
+				return fmt.Errorf("bare loop: %w", err)
+			}
+			bare := float64(cfg.n) / d.Seconds()
+			fmt.Printf("  bare net/http loop: %8.0f requests/s (%v); batchsender/bare %.2f×, river/bare %.2f×\n", bare, d.Round(time.Millisecond), bs.deliverRate()/bare, rv.deliverRate()/bare)
+		}
+	}
+	return nil
+}
+
+// buildBinary builds BatchSender's cmd/batchsender from the module this
+// one replaces it with.
+func buildBinary(ctx context.Context, dir string) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", "github.com/batchsender/batchsender").Output()
+	if err != nil {
+		return "", fmt.Errorf("finding the batchsender module: %w", err)
+	}
+	bin := filepath.Join(dir, "batchsender")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/batchsender")
+	cmd.Dir = strings.TrimSpace(string(out))
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building batchsender: %w\n%s", err, b)
+	}
+	return bin, nil
+}
+
+type racer struct {
+	cfg    config
+	recv   *e2e.Receiver
+	secret string
+	key    []byte
+}
+
+// payload is the body of webhook n, the same for every contestant.
+func payload(dst []byte, n, pad int) []byte {
+	dst = append(dst, `{"n":`...)
+	dst = strconv.AppendInt(dst, int64(n), 10)
+	dst = append(dst, `,"pad":"`...)
+	for range pad {
+		dst = append(dst, 'x')
+	}
+	return append(dst, `"}`...)
+}
+
+// check verifies what the receiver saw: n distinct webhook-ids, no bad
+// signatures; duplicates only when allowed (never expected here).
+func (r *racer) check(n int, _ bool) error {
+	if bad, errs := r.recv.BadSignatures(); bad > 0 {
+		return fmt.Errorf("receiver saw %d bad signatures: %v", bad, errs)
+	}
+	if d := r.recv.Distinct(); d != n {
+		return fmt.Errorf("receiver saw %d distinct webhook-ids, want %d", d, n)
+	}
+	if dup := r.recv.Requests() - int64(n); dup != 0 {
+		logf("  %d duplicate deliveries", dup)
+	}
+	return nil
+}
+
+// freshSchema creates a schema and returns a URL working in it and a drop
+// function.
+func freshSchema(ctx context.Context, base, prefix string) (string, func(), error) {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	schema := prefix + hex.EncodeToString(b[:])
+	conn, err := pgx.Connect(ctx, base)
+	if err != nil {
+		return "", nil, fmt.Errorf("connecting to PostgreSQL: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `CREATE SCHEMA `+schema); err != nil {
+		return "", nil, err
+	}
+	drop := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if conn, err := pgx.Connect(ctx, base); err == nil {
+			_, _ = conn.Exec(ctx, `DROP SCHEMA `+schema+` CASCADE`)
+			_ = conn.Close(ctx)
+		}
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		drop()
+		return "", nil, err
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	return u.String(), drop, nil
+}
+
+// ---- BatchSender -----------------------------------------------------------
+
+func (r *racer) batchsenderPG(ctx context.Context) (result, error) {
+	dbURL, drop, err := freshSchema(ctx, r.cfg.pgURL, "race_bs_")
+	if err != nil {
+		return result{}, err
+	}
+	defer drop()
+	return r.batchsender(ctx, "bs-pg", []string{"BATCHSENDER_DATABASE_URL=" + dbURL, "BATCHSENDER_SECRET_KEY=" + hex.EncodeToString(r.key)})
+}
+
+func (r *racer) batchsenderSQLite(ctx context.Context) (result, error) {
+	return r.batchsender(ctx, "bs-sqlite", nil)
+}
+
+// batchsender runs the real binary with the extra environment and has it
+// deliver N webhooks.
+func (r *racer) batchsender(ctx context.Context, name string, env []string) (result, error) {
+	r.recv.Reset()
+	addr, err := e2e.FreeAddr()
+	if err != nil {
+		return result{}, err
+	}
+	srv := &e2e.Server{
+		Bin: r.cfg.bin, DataDir: filepath.Join(r.cfg.workDir, name), Addr: addr,
+		Key:     "bsk_race" + hex.EncodeToString(r.key[:12]),
+		LogPath: filepath.Join(r.cfg.workDir, name+".log"),
+		Env:     append([]string{"BATCHSENDER_ALLOW_PRIVATE_NETWORKS=true", "BATCHSENDER_LOG_LEVEL=warn"}, env...),
+	}
+	if err := srv.Start(ctx); err != nil {
+		return result{}, err
+	}
+	defer srv.Stop(30 * time.Second)
+	c := e2e.NewClient(srv.URL(), srv.Key)
+	defer c.Close()
+	if _, err := c.CreateConnection(ctx, "hooks", r.secret, nil); err != nil {
+		return result{}, err
+	}
+	b, err := c.CreateBatch(ctx, map[string]any{
+		"module": "webhook", "connection": "hooks",
+		"template": map[string]any{"url": r.recv.URL + "/hook"},
+		"options":  map[string]any{"concurrency": r.cfg.concurrency},
+	})
+	if err != nil {
+		return result{}, err
+	}
+	logf("%s: enqueueing %d", name, r.cfg.n)
+	start := time.Now()
+	pr, pw := io.Pipe()
+	go func() {
+		bw := bufio.NewWriterSize(pw, 256<<10)
+		var buf []byte
+		for i := range r.cfg.n {
+			buf = append(buf[:0], `{"payload":`...)
+			buf = payload(buf, i, r.cfg.pad)
+			buf = append(buf, "}\n"...)
+			if _, err := bw.Write(buf); err != nil {
+				pw.CloseWithError(err)
+				return
+			}
+		}
+		pw.CloseWithError(bw.Flush())
+	}()
+	resp, err := c.UploadItems(ctx, b.ID, "application/x-ndjson", pr)
+	if err != nil {
+		return result{}, err
+	}
+	if resp.Status/100 != 2 {
+		return result{}, fmt.Errorf("uploading: %s", resp)
+	}
+	res := result{n: r.cfg.n, enqueue: time.Since(start)}
+	logf("%s: delivering", name)
+	start = time.Now()
+	if err := c.StartBatch(ctx, b.ID); err != nil {
+		return res, err
+	}
+	final, err := c.WaitBatch(ctx, b.ID, 30*time.Minute, func(b e2e.Batch) bool {
+		return b.Status == "completed" || b.Status == "cancelled" || b.Status == "failed"
+	})
+	res.deliver = time.Since(start)
+	if err != nil {
+		return res, err
+	}
+	if final.Counts.Succeeded != int64(r.cfg.n) {
+		return res, fmt.Errorf("batch ended %s with %+v", final.Status, final.Counts)
+	}
+	return res, r.check(r.cfg.n, false)
+}
+
+// ---- River -------------------------------------------------------------------
+
+// hookArgs is one webhook job.
+type hookArgs struct {
+	URL     string          `json:"url"`
+	Payload json.RawMessage `json:"payload"`
+}
+
+// Kind names the job kind.
+func (hookArgs) Kind() string { return "webhook" }
+
+// hookWorker does the signed POST, as BatchSender's webhook provider does.
+type hookWorker struct {
+	river.WorkerDefaults[hookArgs]
+	key []byte
+	hc  *http.Client
+}
+
+func (w *hookWorker) Work(ctx context.Context, job *river.Job[hookArgs]) error {
+	id := "msg_river_" + strconv.FormatInt(job.ID, 10)
+	ts := time.Now().Unix()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, job.Args.URL, strings.NewReader(string(job.Args.Payload)))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("webhook-id", id)
+	req.Header.Set("webhook-timestamp", strconv.FormatInt(ts, 10))
+	req.Header.Set("webhook-signature", e2e.Sign(w.key, id, ts, job.Args.Payload))
+	resp, err := w.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("webhook answered %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// riverConfig is River at its best for this work: many workers, fetching
+// as soon as a slot frees, no retention work during the run.
+func (r *racer) riverConfig(hc *http.Client) *river.Config {
+	workers := river.NewWorkers()
+	river.AddWorker(workers, &hookWorker{key: r.key, hc: hc})
+	return &river.Config{
+		Logger:            slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Queues:            map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: r.cfg.riverWorkers}},
+		Workers:           workers,
+		FetchCooldown:     river.FetchCooldownMin,
+		FetchPollInterval: 50 * time.Millisecond,
+	}
+}
+
+func (r *racer) httpClient() *http.Client {
+	n := r.cfg.riverWorkers
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConns: n, MaxIdleConnsPerHost: n, MaxConnsPerHost: n}}
+}
+
+func (r *racer) jobs() []river.InsertManyParams {
+	params := make([]river.InsertManyParams, r.cfg.n)
+	for i := range params {
+		params[i] = river.InsertManyParams{Args: hookArgs{URL: r.recv.URL + "/hook", Payload: payload(nil, i, r.cfg.pad)}}
+	}
+	return params
+}
+
+func (r *racer) riverPG(ctx context.Context) (result, error) {
+	r.recv.Reset()
+	dbURL, drop, err := freshSchema(ctx, r.cfg.pgURL, "race_river_")
+	if err != nil {
+		return result{}, err
+	}
+	defer drop()
+	pcfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		return result{}, err
+	}
+	pcfg.MaxConns = 20
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return result{}, err
+	}
+	defer pool.Close()
+	driver := riverpgxv5.New(pool)
+	mig, err := rivermigrate.New(driver, nil)
+	if err != nil {
+		return result{}, err
+	}
+	if _, err := mig.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
+		return result{}, fmt.Errorf("migrating: %w", err)
+	}
+	hc := r.httpClient()
+	defer hc.CloseIdleConnections()
+	client, err := river.NewClient(driver, r.riverConfig(hc))
+	if err != nil {
+		return result{}, err
+	}
+	completed := func(ctx context.Context) (int, error) {
+		var n int
+		err := pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE state = 'completed'`).Scan(&n)
+		return n, err
+	}
+	return r.river(ctx, "river-pg", client, completed)
+}
+
+func (r *racer) riverSQLite(ctx context.Context) (result, error) {
+	r.recv.Reset()
+	path := filepath.Join(r.cfg.workDir, "river.db")
+	// The pragmas BatchSender's SQLite store uses: WAL, synchronous=NORMAL
+	// (durable across a crash of the process), a busy timeout.
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)")
+	if err != nil {
+		return result{}, err
+	}
+	defer db.Close()
+	// River's SQLite driver documents one connection as the way to avoid
+	// SQLITE_BUSY errors.
+	db.SetMaxOpenConns(1)
+	driver := riversqlite.New(db)
+	mig, err := rivermigrate.New(driver, nil)
+	if err != nil {
+		return result{}, err
+	}
+	if _, err := mig.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
+		return result{}, fmt.Errorf("migrating: %w", err)
+	}
+	hc := r.httpClient()
+	defer hc.CloseIdleConnections()
+	client, err := river.NewClient(driver, r.riverConfig(hc))
+	if err != nil {
+		return result{}, err
+	}
+	completed := func(ctx context.Context) (int, error) {
+		var n int
+		err := db.QueryRowContext(ctx, `SELECT count(*) FROM river_job WHERE state = 'completed'`).Scan(&n)
+		return n, err
+	}
+	return r.river(ctx, "river-sqlite", client, completed)
+}
+
+// river enqueues N jobs with the client's workers stopped, then starts them
+// and waits until the database holds N completed jobs.
+func (r *racer) river(ctx context.Context, name string, client interface {
+	InsertManyFast(context.Context, []river.InsertManyParams) (int, error)
+	Start(context.Context) error
+	Stop(context.Context) error
+}, completed func(context.Context) (int, error)) (result, error) {
+	jobs := r.jobs()
+	logf("%s: enqueueing %d", name, r.cfg.n)
+	start := time.Now()
+	const chunk = 10_000
+	for i := 0; i < len(jobs); i += chunk {
+		if _, err := client.InsertManyFast(ctx, jobs[i:min(i+chunk, len(jobs))]); err != nil {
+			return result{}, fmt.Errorf("inserting: %w", err)
+		}
+	}
+	res := result{n: r.cfg.n, enqueue: time.Since(start)}
+	logf("%s: delivering", name)
+	start = time.Now()
+	if err := client.Start(ctx); err != nil {
+		return res, err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = client.Stop(sctx)
+	}()
+	last := time.Now()
+	for {
+		n, err := completed(ctx)
+		if err != nil {
+			return res, err
+		}
+		if n >= r.cfg.n {
+			break
+		}
+		if time.Since(last) > 5*time.Second {
+			last = time.Now()
+			logf("  ... %d/%d completed", n, r.cfg.n)
+		}
+		if time.Since(start) > 30*time.Minute {
+			return res, errors.New("not done after 30 minutes")
+		}
+		select {
+		case <-ctx.Done():
+			return res, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	res.deliver = time.Since(start)
+	return res, r.check(r.cfg.n, false)
+}
