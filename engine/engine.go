@@ -6,9 +6,10 @@
 // The moving parts, following one item:
 //
 //   - The supervisor (Run) wakes every PollInterval (jittered) or on Wake. It
-//     activates scheduled batches whose send_at has come and rescues expired
-//     leases (on the elected node only, when the store elects one), and keeps
-//     one runner per runnable batch.
+//     activates scheduled batches whose send_at has come (once a second) and
+//     rescues expired leases (every LeaseDuration/4), both on the elected
+//     node only when the store elects one, and keeps one runner per runnable
+//     batch.
 //   - A runner first waits for the slots of one Send call, in this order:
 //     the batch's concurrency slot, a token of the batch's own rate limit,
 //     the connection's concurrency slot, a token of the connection's rate
