@@ -260,8 +260,9 @@ func toResult(w WireResult, itemID string, now time.Time) (sdk.Result, error) {
 		}
 		return r, nil
 	case "retry":
-		d := time.Duration(w.RetryAfterSeconds * float64(time.Second))
-		r = sdk.RetryAfter(min(d, maxRetryAfter), why("module asked to retry"))
+		// Capped before converting: a huge number would overflow.
+		secs := min(w.RetryAfterSeconds, maxRetryAfter.Seconds())
+		r = sdk.RetryAfter(time.Duration(secs*float64(time.Second)), why("module asked to retry"))
 	case "permanent":
 		r = sdk.Permanent(why("module refused the item"))
 	case "unknown":
