@@ -33,6 +33,7 @@ type fakeModule struct {
 	info     InfoResponse
 	answer   func(w http.ResponseWriter, req SendRequest)
 	validate func(req ValidateRequest) ValidateResponse
+	preview  func(req PreviewRequest) PreviewResponse
 }
 
 func newFakeModule(t *testing.T) *fakeModule {
@@ -81,7 +82,7 @@ func (f *fakeModule) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.mu.Lock()
-	info, validate, custom, b := f.info, f.validate, f.answer, f.b
+	info, validate, preview, custom, b := f.info, f.validate, f.preview, f.answer, f.b
 	f.mu.Unlock()
 	switch {
 	case r.Method == http.MethodGet && r.URL.Path == "/mod/info":
@@ -93,6 +94,13 @@ func (f *fakeModule) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeJSON(w, http.StatusOK, validate(req))
+	case r.Method == http.MethodPost && r.URL.Path == "/mod/preview":
+		var req PreviewRequest
+		if err := json.Unmarshal(body, &req); err != nil || preview == nil || len(req.Items) != 1 {
+			http.Error(w, "bad request", http.StatusBadRequest)
+			return
+		}
+		writeJSON(w, http.StatusOK, preview(req))
 	case r.Method == http.MethodPost && r.URL.Path == "/mod/send":
 		var req SendRequest
 		if err := json.Unmarshal(body, &req); err != nil {

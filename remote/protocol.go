@@ -25,6 +25,9 @@ type InfoResponse struct {
 	// Validate asks BatchSender to call POST <url>/validate for the
 	// template (at Compile) and for every item at ingest.
 	Validate bool `json:"validate,omitempty"`
+	// Preview says the module answers POST <url>/preview, so template
+	// previews (POST /v1/templates/preview) show its rendering.
+	Preview bool `json:"preview,omitempty"`
 	// ItemSchema is a JSON Schema of one item. BatchSender checks its
 	// top-level "required" names and the "type" of top-level properties
 	// locally at ingest, whatever Validate says.
@@ -96,4 +99,25 @@ type ValidateResponse struct {
 	// Errors holds one entry per request item, in order: "" (or null)
 	// for a valid item, else what is wrong, naming the field.
 	Errors []*string `json:"errors"`
+}
+
+// PreviewRequest is the body of POST <url>/preview: render items without
+// sending them.
+type PreviewRequest struct {
+	Template json.RawMessage `json:"template"`
+	Items    []ValidateItem  `json:"items"`
+}
+
+// PreviewResult is one item's rendering, or why it has none.
+type PreviewResult struct {
+	// Rendered is what the item becomes, a JSON object; absent on error.
+	Rendered json.RawMessage `json:"rendered,omitempty"`
+	// Error names the field at fault; empty when Rendered is set.
+	Error string `json:"error,omitempty"`
+}
+
+// PreviewResponse is the answer to POST <url>/preview: one result per
+// item, in order.
+type PreviewResponse struct {
+	Results []PreviewResult `json:"results"`
 }

@@ -186,7 +186,7 @@ func TestPythonModuleExample(t *testing.T) {
 		t.Fatalf("Provision: %v", err)
 	}
 	t.Cleanup(func() { _ = p.Close() })
-	if got := p.Module(); got.ID != "sms.console" || got.MaxChunk != 250 || !got.Validate {
+	if got := p.Module(); got.ID != "sms.console" || got.MaxChunk != 250 || !got.Validate || !got.Preview {
 		t.Errorf("module info %+v", got)
 	}
 	if _, err := p.Compile(json.RawMessage(`{"prefix":5}`)); err == nil || err.Error() != "template: prefix: must be a string" {
@@ -198,6 +198,16 @@ func TestPythonModuleExample(t *testing.T) {
 	}
 	if err := s.ValidateItem(json.RawMessage(`{"to":"+49151","text":""}`)); err == nil || err.Error() != "text: required" {
 		t.Errorf("empty text: %v", err)
+	}
+	pv, ok := s.(sdk.Previewer)
+	if !ok {
+		t.Fatal("the sender of a module that previews is no sdk.Previewer")
+	}
+	if got, err := pv.Preview(json.RawMessage(`{"to":"+49151","text":"see you"}`)); err != nil || string(got) != `{"to": "+49151", "text": "Hi: see you", "segments": 1}` {
+		t.Errorf("Preview = %s, %v", got, err)
+	}
+	if _, err := pv.Preview(json.RawMessage(`{"to":"+49151"}`)); err == nil || err.Error() != "text: required" {
+		t.Errorf("Preview without text: %v", err)
 	}
 	items := []sdk.Item{
 		{ID: "itm_1", Seq: 1, Attempt: 1, Data: json.RawMessage(`{"to":"+1","text":"` + strings.Repeat("x", 200) + `"}`)},

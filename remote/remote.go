@@ -6,6 +6,7 @@
 //
 //	GET  <url>/info      the module's id, title, max_chunk and schemas
 //	POST <url>/validate  {"template":{...},"items":[{"data":{...}}]} → {"template_error","errors":[...]}
+//	POST <url>/preview   optional: {"template":{...},"items":[{"data":{...}}]} → {"results":[{"rendered"|"error"}]}
 //	POST <url>/send      {"template":{...},"items":[{"id","seq","attempt","data"}]}
 //	                     → {"results":[{"outcome","message_id","retry_after_seconds","error","units"}]}
 //
@@ -321,6 +322,7 @@ func (p *Provider) Close() error {
 }
 
 var (
-	_ sdk.Provider = (*Provider)(nil)
-	_ sdk.Sender   = (*sender)(nil)
+	_ sdk.Provider  = (*Provider)(nil)
+	_ sdk.Sender    = (*sender)(nil)
+	_ sdk.Previewer = previewSender{}
 )

@@ -273,3 +273,37 @@ func TestProvisionChecksTheModulesInfo(t *testing.T) {
 		f.mu.Unlock()
 	})
 }
+
+func TestPreviewAsksTheModuleWhenItOffers(t *testing.T) {
+	t.Parallel()
+	f := newFakeModule(t)
+	if _, ok := compile(t, provision(t, f, nil), `{}`).(sdk.Previewer); ok {
+		t.Error("a module without preview in /info gives a Previewer")
+	}
+	f.info.Preview = true
+	f.preview = func(req PreviewRequest) PreviewResponse {
+		var d struct{ To, Text string }
+		_ = json.Unmarshal(req.Items[0].Data, &d)
+		if d.Text == "" {
+			return PreviewResponse{Results: []PreviewResult{{Error: "text: required"}}}
+		}
+		if d.Text == "bad" {
+			return PreviewResponse{Results: []PreviewResult{{Rendered: json.RawMessage(`"x"`)}}}
+		}
+		r, _ := json.Marshal(map[string]string{"line": string(req.Template) + " " + d.To + ": " + d.Text})
+		return PreviewResponse{Results: []PreviewResult{{Rendered: r}}}
+	}
+	pv := compile(t, provision(t, f, nil), `{"p":1}`).(sdk.Previewer)
+	if got, err := pv.Preview(sampleItem(3)); err != nil || string(got) != `{"line":"{\"p\":1} user3: hello 3"}` {
+		t.Errorf("Preview = %s, %v", got, err)
+	}
+	if _, err := pv.Preview(json.RawMessage(`{"to":"a"}`)); err == nil || err.Error() != "text: required" {
+		t.Errorf("Preview error = %v", err)
+	}
+	if _, err := pv.Preview(json.RawMessage(`{"to":"a","text":"bad"}`)); err == nil || !strings.Contains(err.Error(), "not a JSON object") {
+		t.Errorf("Preview of a non-object = %v", err)
+	}
+	if n := len(f.Calls()); n != 0 {
+		t.Errorf("previews made %d /send calls", n)
+	}
+}

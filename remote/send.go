@@ -38,6 +38,10 @@ func (p *Provider) Compile(template json.RawMessage) (sdk.Sender, error) {
 		return nil, errors.New("template: must be a JSON object")
 	}
 	s := &sender{p: p, template: buf.Bytes()}
+	var out sdk.Sender = s
+	if p.module.Preview {
+		out = previewSender{s}
+	}
 	if p.module.Validate {
 		res, err := s.validate(nil)
 		if err != nil {
@@ -47,7 +51,52 @@ func (p *Provider) Compile(template json.RawMessage) (sdk.Sender, error) {
 			return nil, fmt.Errorf("template: %s", res.TemplateError)
 		}
 	}
-	return s, nil
+	return out, nil
+}
+
+// post sends a signed JSON request with the call timeout and decodes a 200
+// answer into v.
+func (s *sender) post(path string, req, v any) error {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("encoding the request: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.p.cfg.Timeout))
+	defer cancel()
+	ans, err := s.p.call(ctx, http.MethodPost, path, body)
+	if err != nil {
+		return describeCallError(ctx, err, time.Duration(s.p.cfg.Timeout))
+	}
+	if ans.status != http.StatusOK {
+		return errors.New(ans.describe())
+	}
+	if err := json.Unmarshal(ans.body, v); err != nil {
+		return fmt.Errorf("malformed /%s answer: %v", path, err)
+	}
+	return nil
+}
+
+// previewSender is the sender of a module that previews.
+type previewSender struct{ *sender }
+
+// Preview implements sdk.Previewer through POST /preview.
+func (s previewSender) Preview(data json.RawMessage) (json.RawMessage, error) {
+	var res PreviewResponse
+	if err := s.post("preview", PreviewRequest{Template: s.template, Items: []ValidateItem{{Data: data}}}, &res); err != nil {
+		return nil, fmt.Errorf("previewing with the module: %w", err)
+	}
+	if len(res.Results) != 1 {
+		return nil, fmt.Errorf("previewing with the module: malformed /preview answer: %d results for 1 item", len(res.Results))
+	}
+	r := res.Results[0]
+	if r.Error != "" {
+		return nil, errors.New(snippet([]byte(r.Error), snippetSize))
+	}
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(r.Rendered, &obj) != nil || obj == nil {
+		return nil, errors.New("previewing with the module: malformed /preview answer: rendered is not a JSON object")
+	}
+	return r.Rendered, nil
 }
 
 // validate calls POST /validate.
@@ -56,21 +105,8 @@ func (s *sender) validate(items []ValidateItem) (ValidateResponse, error) {
 	if items == nil {
 		items = []ValidateItem{}
 	}
-	body, err := json.Marshal(ValidateRequest{Template: s.template, Items: items})
-	if err != nil {
-		return res, fmt.Errorf("encoding the request: %w", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.p.cfg.Timeout))
-	defer cancel()
-	ans, err := s.p.call(ctx, http.MethodPost, "validate", body)
-	if err != nil {
-		return res, describeCallError(ctx, err, time.Duration(s.p.cfg.Timeout))
-	}
-	if ans.status != http.StatusOK {
-		return res, errors.New(ans.describe())
-	}
-	if err := json.Unmarshal(ans.body, &res); err != nil {
-		return res, fmt.Errorf("malformed /validate answer: %v", err)
+	if err := s.post("validate", ValidateRequest{Template: s.template, Items: items}, &res); err != nil {
+		return res, err
 	}
 	if len(res.Errors) != len(items) {
 		return res, fmt.Errorf("malformed /validate answer: %d errors for %d items", len(res.Errors), len(items))

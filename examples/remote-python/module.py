@@ -6,6 +6,7 @@ remote.http provider calls
 
     GET  <url>/info      what this module is and what items it takes
     POST <url>/validate  check a batch template and items before anything is sent
+    POST <url>/preview   show what items become, without sending them
     POST <url>/send      carry out a chunk of items, one result per item, in order
 
 Every request is signed with the connection's Standard Webhooks secret; this
@@ -51,6 +52,7 @@ INFO = {
     "title": "Text messages printed to the console (example remote module)",
     "max_chunk": 250,
     "validate": True,
+    "preview": True,
     "item_schema": {
         "type": "object",
         "required": ["to", "text"],
@@ -105,6 +107,17 @@ def check_template(template):
     if prefix is not None and not isinstance(prefix, str):
         return "prefix: must be a string"
     return None
+
+
+def segments(text):
+    """Billable SMS segments of a GSM-7 text (160 characters each)."""
+    return max(1, -(-len(text) // 160))
+
+
+def render(template, data):
+    """What an item becomes: the text as the recipient sees it."""
+    text = template.get("prefix", "") + data["text"]
+    return {"to": data["to"], "text": text, "segments": segments(text)}
 
 
 def check_item(data):
@@ -181,8 +194,7 @@ class Module:
                     print("SMS to %s: %s%s" % (data["to"], prefix, data["text"]), flush=True)
                 with tenant.lock:
                     tenant.sent[item_id] = msg_id
-            segments = max(1, -(-len(prefix + data["text"]) // 160))
-            results.append({"outcome": "ok", "message_id": msg_id, "units": segments})
+            results.append({"outcome": "ok", "message_id": msg_id, "units": segments(prefix + data["text"])})
         return results
 
 
@@ -238,7 +250,7 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET" and last == "info":
             self.answer(200, INFO)
             return
-        if method != "POST" or last not in ("validate", "send"):
+        if method != "POST" or last not in ("validate", "preview", "send"):
             self.answer(404, text="not found")
             return
         try:
@@ -256,6 +268,14 @@ class Handler(BaseHTTPRequestHandler):
             })
             return
         problem = check_template(template)
+        if last == "preview":
+            results = []
+            for it in items:
+                data = it.get("data") if isinstance(it, dict) else None
+                err = problem or check_item(data)
+                results.append({"error": err} if err else {"rendered": render(template, data)})
+            self.answer(200, {"results": results})
+            return
         if problem:
             self.answer(422, text="template: " + problem)
             return
