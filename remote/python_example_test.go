@@ -5,12 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,8 +56,9 @@ func startPythonModule(t *testing.T) *pythonModule {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
-	cmd := exec.Command(py, script, "--host", "127.0.0.1", "--port", strconv.Itoa(port), "--quiet", "--test-control")
+	// Port 0: the module binds a free port and prints it, so no other
+	// process can take the port between choosing and binding it.
+	cmd := exec.Command(py, script, "--host", "127.0.0.1", "--port", "0", "--quiet", "--test-control")
 	cmd.Env = append(os.Environ(), "BATCHSENDER_SIGNING_SECRET="+testSecret)
 	out := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -69,22 +69,16 @@ func startPythonModule(t *testing.T) *pythonModule {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	})
-	want := fmt.Sprintf("listening on http://127.0.0.1:%d", port)
-	waitFor(t, 10*time.Second, func() bool { return strings.Contains(out.String(), want) }, func() string {
-		return "the Python module did not start; its output: " + out.String()
-	})
-	return &pythonModule{base: fmt.Sprintf("http://127.0.0.1:%d", port)}
-}
-
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	listening := regexp.MustCompile(`listening on http://127\.0\.0\.1:([0-9]+)\n`)
+	var port string
+	waitFor(t, 10*time.Second, func() bool {
+		m := listening.FindStringSubmatch(out.String())
+		if m != nil {
+			port = m[1]
+		}
+		return m != nil
+	}, func() string { return "the Python module did not start; its output: " + out.String() })
+	return &pythonModule{base: "http://127.0.0.1:" + port}
 }
 
 // waitFor polls cond until it holds or the deadline passes.
