@@ -36,6 +36,7 @@ type sender struct {
 	p       *Provider
 	tmpl    fields
 	tmplURL *url.URL // the template's URL, parsed and checked once
+	urls    urlCache // item URLs already checked, for ValidateItem
 }
 
 // request is an item merged over the template, ready to send.
@@ -106,6 +107,9 @@ func hostKey(u *url.URL) string {
 
 // ValidateItem implements sdk.Sender.
 func (s *sender) ValidateItem(data json.RawMessage) error {
+	if s.validateFast(data) {
+		return nil
+	}
 	_, err := s.resolve(data)
 	return err
 }
