@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"iter"
+	"strings"
 	"time"
 )
 
@@ -97,8 +98,69 @@ type Store interface {
 	// many items moved.
 	LeasesRescue(ctx context.Context, expiredBefore time.Time) (int, error)
 
+	// SuppressionsAdd records suppressed addresses of one project
+	// (addresses normalized with NormalizeAddress). An address already
+	// suppressed on that channel keeps its first record. Returns how many
+	// were new.
+	SuppressionsAdd(ctx context.Context, projectID string, sups []Suppression) (int, error)
+	// SuppressionList returns a page of the project's suppressions of one
+	// channel in address order, after the cursor (an address) when given.
+	SuppressionList(ctx context.Context, p SuppressionListParams) ([]Suppression, error)
+	// SuppressionDelete lifts one suppression, ENOTFOUND if there is none.
+	SuppressionDelete(ctx context.Context, projectID, channel, address string) error
+	// SuppressionsMatch returns, of the given normalized addresses, those
+	// suppressed in the project's channel with their reasons. One query,
+	// for the engine before each chunk is sent.
+	SuppressionsMatch(ctx context.Context, projectID, channel string, addresses []string) (map[string]SuppressionReason, error)
+
 	// Close releases the store's resources.
 	Close() error
+}
+
+// SuppressionReason says why an address is suppressed.
+type SuppressionReason string
+
+// Suppression reasons.
+const (
+	ReasonUnsubscribe SuppressionReason = "unsubscribe"
+	ReasonHardBounce  SuppressionReason = "hard_bounce"
+	ReasonComplaint   SuppressionReason = "complaint"
+	ReasonManual      SuppressionReason = "manual"
+)
+
+// ParseSuppressionReason checks s names a suppression reason.
+func ParseSuppressionReason(s string) (SuppressionReason, error) {
+	switch r := SuppressionReason(s); r {
+	case ReasonUnsubscribe, ReasonHardBounce, ReasonComplaint, ReasonManual:
+		return r, nil
+	}
+	return "", Errorf(EINVALID, "unknown suppression reason %q: use unsubscribe, hard_bounce, complaint or manual", s)
+}
+
+// Suppression is an address a project must not send to on one channel
+// (module): items addressed to it end as skipped.
+type Suppression struct {
+	Channel   string            `json:"channel"`
+	Address   string            `json:"address"`
+	Reason    SuppressionReason `json:"reason"`
+	Source    string            `json:"source,omitempty"` // where it came from: "api", "unsubscribe link", "sendgrid events"...
+	CreatedAt time.Time         `json:"created_at"`
+}
+
+// NormalizeAddress returns the form addresses are suppressed and matched
+// in: trimmed and lower-case. Mailbox local parts are case-sensitive in
+// theory but not in any provider that matters, and a suppression must not
+// be dodged by case.
+func NormalizeAddress(address string) string {
+	return strings.ToLower(strings.TrimSpace(address))
+}
+
+// SuppressionListParams select a page of suppressions.
+type SuppressionListParams struct {
+	ProjectID string
+	Channel   string
+	Cursor    string // the address of the last suppression of the previous page
+	Limit     int
 }
 
 // APIKeyCreateParams are the fields of a new key.

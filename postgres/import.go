@@ -11,7 +11,7 @@ import (
 )
 
 // sqliteSchemaVersion is the SQLite store schema ImportSQLite reads.
-const sqliteSchemaVersion = 1
+const sqliteSchemaVersion = 2
 
 // importTable maps one table of the SQLite store onto this store's.
 type importTable struct {
@@ -24,7 +24,7 @@ type importTable struct {
 	ms map[string]bool
 }
 
-// importTables reads the SQLite store's schema as of its migration 1 (see
+// importTables reads the SQLite store's schema as of its migration 2 (see
 // sqlite/migrations). A batch still being created there (ingesting = 1) is
 // invisible to its users and is left out, as are items an unfinished append
 // wrote beyond the batch's total.
@@ -76,6 +76,12 @@ var importTables = []importTable{
 		to: []string{"item_id", "batch_id", "project_id", "number", "started_at", "latency_ns", "outcome", "status_code", "response", "error"},
 		ms: map[string]bool{"started_at": true},
 	},
+	{
+		name: "suppressions",
+		from: `SELECT project_id, channel, address, reason, source, created_at FROM suppressions ORDER BY project_id, channel, address`,
+		to:   []string{"project_id", "channel", "address", "reason", "source", "created_at"},
+		ms:   map[string]bool{"created_at": true},
+	},
 }
 
 // ImportReport counts the rows ImportSQLite copied, per table.
@@ -116,7 +122,7 @@ func (s *Store) ImportSQLite(ctx context.Context, src *sql.DB) (ImportReport, er
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		// Keep out other writers of this schema, and refuse to mix two
 		// installations' data.
-		if _, err := tx.Exec(ctx, `LOCK TABLE projects, api_keys, connections, batches, items, attempts IN EXCLUSIVE MODE`); err != nil {
+		if _, err := tx.Exec(ctx, `LOCK TABLE projects, api_keys, connections, batches, items, attempts, suppressions IN EXCLUSIVE MODE`); err != nil {
 			return fmt.Errorf("importing: locking tables: %w", err)
 		}
 		var used bool

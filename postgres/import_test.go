@@ -65,6 +65,12 @@ func TestImportSQLiteCopiesEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	if _, err := lite.SuppressionsAdd(ctx, p.ID, []batchsender.Suppression{
+		{Channel: "email", Address: "Ann@Example.com", Reason: batchsender.ReasonUnsubscribe, Source: "unsubscribe link"},
+		{Channel: "email", Address: "bob@example.com", Reason: batchsender.ReasonHardBounce}}); err != nil {
+		t.Fatal(err)
+	}
+
 	src, err := sql.Open("sqlite", path+"?mode=ro")
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +81,7 @@ func TestImportSQLiteCopiesEverything(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ImportSQLite: %v", err)
 	}
-	want := ImportReport{"projects": 1, "api_keys": 1, "connections": 1, "batches": 2, "items": 7, "attempts": 3}
+	want := ImportReport{"projects": 1, "api_keys": 1, "connections": 1, "batches": 2, "items": 7, "attempts": 3, "suppressions": 2}
 	if !reflect.DeepEqual(report, want) {
 		t.Fatalf("report %v, want %v", report, want)
 	}
@@ -112,6 +118,9 @@ func TestImportSQLiteCopiesEverything(t *testing.T) {
 			same("attempts", a1, a2, e1, e2)
 		}
 	}
+	s1, e1 := lite.SuppressionList(ctx, batchsender.SuppressionListParams{ProjectID: p.ID, Channel: "email"})
+	s2, e2 := pg.SuppressionList(ctx, batchsender.SuppressionListParams{ProjectID: p.ID, Channel: "email"})
+	same("suppressions", s1, s2, e1, e2)
 	g1, e1 := lite.BatchGetByIdempotencyKey(ctx, p.ID, "k1")
 	g2, e2 := pg.BatchGetByIdempotencyKey(ctx, p.ID, "k1")
 	same("batch by key", g1, g2, e1, e2)
