@@ -16,7 +16,7 @@ func init() {
 				{Channel: "email", Address: " Ann@Example.COM ", Reason: batchsender.ReasonUnsubscribe, Source: "unsubscribe link"},
 				{Channel: "email", Address: "bob@example.com", Reason: batchsender.ReasonHardBounce, Source: "sendgrid events"},
 				{Channel: "email", Address: "ann@example.com", Reason: batchsender.ReasonComplaint}, // same address again
-				{Channel: "sms", Address: "ann@example.com", Reason: batchsender.ReasonManual},   // another channel
+				{Channel: "sms", Address: "ann@example.com", Reason: batchsender.ReasonManual},      // another channel
 			})
 			if err != nil {
 				t.Fatalf("SuppressionsAdd: %v", err)
