@@ -150,6 +150,34 @@ func (m *Message) WriteTo(w io.Writer) (int64, error) {
 	return int64(n), err
 }
 
+// UnsubscribeHeaders returns the RFC 8058 headers of the message:
+// List-Unsubscribe (the URL, and the mailto address when set) and
+// List-Unsubscribe-Post, or none when the message has no unsubscribe URL.
+// API providers pass them as custom headers; the MIME writer writes them.
+func (m *Message) UnsubscribeHeaders() []Header {
+	if m.ListUnsubscribe == "" {
+		return nil
+	}
+	v := "<" + m.ListUnsubscribe + ">"
+	if m.ListUnsubscribeMailto != "" {
+		v += ", <mailto:" + m.ListUnsubscribeMailto + ">"
+	}
+	return []Header{
+		{Name: "List-Unsubscribe", Value: v},
+		{Name: "List-Unsubscribe-Post", Value: "List-Unsubscribe=One-Click"},
+	}
+}
+
+// Bodies returns the text and HTML to send: the text alternative is
+// derived from the HTML when the template gives none.
+func (m *Message) Bodies() (text, html string) {
+	text, html = m.Text, m.HTML
+	if text == "" && html != "" {
+		text = HTMLToText(html)
+	}
+	return text, html
+}
+
 func (m *Message) write(b *bytes.Buffer) error {
 	if len(m.To) == 0 {
 		return errors.New("message has no recipient")
@@ -177,13 +205,8 @@ func (m *Message) write(b *bytes.Buffer) error {
 		writeHeader(b, "Date", m.Date.Format(time.RFC1123Z))
 	}
 	writeHeader(b, "Message-ID", m.MessageID)
-	if m.ListUnsubscribe != "" {
-		v := "<" + m.ListUnsubscribe + ">"
-		if m.ListUnsubscribeMailto != "" {
-			v += ", <mailto:" + m.ListUnsubscribeMailto + ">"
-		}
-		writeHeader(b, "List-Unsubscribe", v)
-		writeHeader(b, "List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+	for _, h := range m.UnsubscribeHeaders() {
+		writeHeader(b, h.Name, h.Value)
 	}
 	for _, h := range m.Headers {
 		if err := CheckHeaderName(h.Name); err != nil {
@@ -200,10 +223,7 @@ func (m *Message) write(b *bytes.Buffer) error {
 	boundary := func(level string) string {
 		return "bs-" + level + "-" + hex.EncodeToString(seed[:12])
 	}
-	text := m.Text
-	if text == "" {
-		text = HTMLToText(m.HTML)
-	}
+	text, _ := m.Bodies()
 
 	writeAlt := func(w io.Writer, header func(string, string)) error {
 		if m.HTML == "" {

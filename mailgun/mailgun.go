@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/batchsender/batchsender/email"
+	"github.com/batchsender/batchsender/internal/httpsend"
 	"github.com/batchsender/batchsender/sdk"
 )
 
@@ -55,6 +56,10 @@ var maxCallBytes = 20 << 20
 func init() {
 	sdk.Register(sdk.Registration{ID: ID, New: func() sdk.Provider { return new(Provider) }})
 }
+
+// Duration is the JSON form of the per-call timeout, a string such as "10s"
+// between 0 and 5m.
+type Duration = httpsend.Duration
 
 // Config is an email.mailgun connection's configuration.
 type Config struct {
@@ -115,12 +120,9 @@ func (p *Provider) Info() sdk.Info {
 // Provision implements sdk.Provider.
 func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 	var cfg Config
-	if err := sdk.DecodeStrict(env.Config, &cfg); err != nil {
-		return decodeErr("config", err)
-	}
 	var sec Secrets
-	if err := sdk.DecodeStrict(env.Secrets, &sec); err != nil {
-		return decodeErr("secrets", err)
+	if err := httpsend.Decode(env, &cfg, &sec); err != nil {
+		return err
 	}
 	if cfg.Domain == "" || strings.ContainsAny(cfg.Domain, "/?#% \t\r\n") {
 		return errors.New("config: domain is required, a domain name such as mg.example.com")
@@ -131,7 +133,7 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 	if sec.APIKey == "" {
 		return errors.New("secrets: api_key is required")
 	}
-	u, err := parseBaseURL(cfg.BaseURL, DefaultBaseURL, env.AllowPrivateNetworks)
+	u, err := httpsend.ParseBaseURL(cfg.BaseURL, DefaultBaseURL, env.AllowPrivateNetworks)
 	if err != nil {
 		return err
 	}
@@ -140,16 +142,13 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 			return fmt.Errorf("config: unsubscribe_mailto: %w", err)
 		}
 	}
-	p.timeout = time.Duration(cfg.Timeout)
-	if p.timeout == 0 {
-		p.timeout = DefaultTimeout
-	}
+	p.timeout = cfg.Timeout.Or(DefaultTimeout)
 	if env.Now == nil {
 		env.Now = time.Now
 	}
 	p.cfg, p.key, p.env = cfg, sec.APIKey, env
 	p.url = u.String() + "/v3/" + url.PathEscape(cfg.Domain) + "/messages"
-	p.client = newClient(env, p.timeout)
+	p.client = httpsend.NewClient(env, p.timeout)
 	return nil
 }
 
@@ -209,8 +208,8 @@ func (s *sender) Send(ctx context.Context, items []sdk.Item) []sdk.Result {
 			res[i] = sdk.Permanent(fmt.Errorf("rendering: %w", err))
 			continue
 		}
-		text, html := bodies(m)
-		r := rendered{i: i, id: it.ID, m: m, text: text, html: html, headers: append(unsubscribeHeaders(m), m.Headers...),
+		text, html := m.Bodies()
+		r := rendered{i: i, id: it.ID, m: m, text: text, html: html, headers: append(m.UnsubscribeHeaders(), m.Headers...),
 			hseg: segments(html), tseg: segments(text)}
 		k := m.From.String()
 		for _, a := range m.ReplyTo {
@@ -423,35 +422,34 @@ func (s *sender) send(ctx context.Context, items []rendered, res []sdk.Result) {
 	}
 	req.SetBasicAuth("api", s.p.key)
 	req.Header.Set("Content-Type", ctype)
-	a := do(ctx, s.p.client, s.p.timeout, req)
-	if a.err != nil {
-		set(transportResult(a, "posting messages", false))
+	a := httpsend.Do(ctx, s.p.client, s.p.timeout, req)
+	if a.Err != nil {
+		set(httpsend.TransportResult(a, "posting messages", false))
 		return
 	}
 	var out struct {
 		ID      string `json:"id"`
 		Message string `json:"message"`
 	}
-	_ = json.Unmarshal(a.body, &out)
-	if a.status != http.StatusOK {
+	_ = json.Unmarshal(a.Body, &out)
+	if a.Status != http.StatusOK {
 		msg := out.Message
 		if msg == "" {
-			msg = strings.TrimSpace(snippet(a.body))
+			msg = strings.TrimSpace(httpsend.Snippet(a.Body))
 		}
 		if msg == "" {
-			msg = http.StatusText(a.status)
+			msg = http.StatusText(a.Status)
 		}
-		set(statusResult(a, s.p.env.Now(), msg))
+		set(httpsend.StatusResult(a, s.p.env.Now(), msg))
 		return
 	}
 	if out.ID == "" {
-		set(withAnswer(sdk.Unknown(errors.New("answer without a message id")), a))
+		set(httpsend.WithAnswer(sdk.Unknown(errors.New("answer without a message id")), a))
 		return
 	}
 	id := strings.Trim(out.ID, "<>")
 	for _, it := range items {
-		r := sdk.OK(id)
-		r.StatusCode, r.Latency = a.status, a.latency
+		r := httpsend.OK(id, a)
 		res[it.i] = r
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/batchsender/batchsender/email"
+	"github.com/batchsender/batchsender/internal/httpsend"
 	"github.com/batchsender/batchsender/sdk"
 )
 
@@ -42,6 +43,10 @@ const (
 func init() {
 	sdk.Register(sdk.Registration{ID: ID, New: func() sdk.Provider { return new(Provider) }})
 }
+
+// Duration is the JSON form of the per-call timeout, a string such as "10s"
+// between 0 and 5m.
+type Duration = httpsend.Duration
 
 // Config is an email.postmark connection's configuration.
 type Config struct {
@@ -100,17 +105,14 @@ func (p *Provider) Info() sdk.Info {
 // Provision implements sdk.Provider.
 func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 	var cfg Config
-	if err := sdk.DecodeStrict(env.Config, &cfg); err != nil {
-		return decodeErr("config", err)
-	}
 	var sec Secrets
-	if err := sdk.DecodeStrict(env.Secrets, &sec); err != nil {
-		return decodeErr("secrets", err)
+	if err := httpsend.Decode(env, &cfg, &sec); err != nil {
+		return err
 	}
 	if sec.ServerToken == "" {
 		return errors.New("secrets: server_token is required")
 	}
-	u, err := parseBaseURL(cfg.BaseURL, DefaultBaseURL, env.AllowPrivateNetworks)
+	u, err := httpsend.ParseBaseURL(cfg.BaseURL, DefaultBaseURL, env.AllowPrivateNetworks)
 	if err != nil {
 		return err
 	}
@@ -119,10 +121,7 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 			return fmt.Errorf("config: unsubscribe_mailto: %w", err)
 		}
 	}
-	p.timeout = time.Duration(cfg.Timeout)
-	if p.timeout == 0 {
-		p.timeout = DefaultTimeout
-	}
+	p.timeout = cfg.Timeout.Or(DefaultTimeout)
 	if env.Now == nil {
 		env.Now = time.Now
 	}
@@ -131,7 +130,7 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 		p.log = slog.New(slog.DiscardHandler)
 	}
 	p.cfg, p.token, p.url, p.env = cfg, sec.ServerToken, u.String(), env
-	p.client = newClient(env, p.timeout)
+	p.client = httpsend.NewClient(env, p.timeout)
 	return nil
 }
 
@@ -203,7 +202,7 @@ func (s *sender) build(it sdk.Item) (message, error) {
 	if err != nil {
 		return message{}, err
 	}
-	text, html := bodies(m)
+	text, html := m.Bodies()
 	pm := message{
 		From: m.From.String(), To: m.To[0].String(), Subject: m.Subject,
 		HTMLBody: html, TextBody: text, Tag: s.p.cfg.Tag,
@@ -214,7 +213,7 @@ func (s *sender) build(it sdk.Item) (message, error) {
 		pm.ReplyTo = m.ReplyTo[0].String()
 	}
 	pm.Headers = append(pm.Headers, header{"Message-ID", m.MessageID})
-	for _, h := range append(unsubscribeHeaders(m), m.Headers...) {
+	for _, h := range append(m.UnsubscribeHeaders(), m.Headers...) {
 		pm.Headers = append(pm.Headers, header{h.Name, h.Value})
 	}
 	for _, a := range m.Attachments {
@@ -286,31 +285,30 @@ func (s *sender) call(ctx context.Context, batch []json.RawMessage, idx []int, r
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Postmark-Server-Token", s.p.token)
-	a := do(ctx, s.p.client, s.p.timeout, req)
-	if a.err != nil {
-		set(transportResult(a, "posting /email/batch", false))
+	a := httpsend.Do(ctx, s.p.client, s.p.timeout, req)
+	if a.Err != nil {
+		set(httpsend.TransportResult(a, "posting /email/batch", false))
 		return
 	}
-	if a.status != http.StatusOK {
+	if a.Status != http.StatusOK {
 		var e response
-		msg := http.StatusText(a.status)
-		if json.Unmarshal(a.body, &e) == nil && e.Message != "" {
+		msg := http.StatusText(a.Status)
+		if json.Unmarshal(a.Body, &e) == nil && e.Message != "" {
 			msg = fmt.Sprintf("ErrorCode %d: %s", e.ErrorCode, e.Message)
 		}
-		set(statusResult(a, s.p.env.Now(), msg))
+		set(httpsend.StatusResult(a, s.p.env.Now(), msg))
 		return
 	}
 	var out []response
-	if err := json.Unmarshal(a.body, &out); err != nil || len(out) != len(idx) {
+	if err := json.Unmarshal(a.Body, &out); err != nil || len(out) != len(idx) {
 		// Postmark answered 200 but we cannot tell which messages it took.
-		set(withAnswer(sdk.Unknown(fmt.Errorf("unreadable batch answer for %d messages", len(idx))), a))
+		set(httpsend.WithAnswer(sdk.Unknown(fmt.Errorf("unreadable batch answer for %d messages", len(idx))), a))
 		return
 	}
 	for k, i := range idx {
 		r := out[k]
 		if r.ErrorCode == 0 {
-			ok := sdk.OK(r.MessageID)
-			ok.StatusCode, ok.Latency = a.status, a.latency
+			ok := httpsend.OK(r.MessageID, a)
 			res[i] = ok
 			continue
 		}
@@ -321,7 +319,7 @@ func (s *sender) call(ctx context.Context, batch []json.RawMessage, idx []int, r
 		} else {
 			out = sdk.Permanent(e)
 		}
-		out.StatusCode, out.Latency = a.status, a.latency
+		out.StatusCode, out.Latency = a.Status, a.Latency
 		out.Response = fmt.Sprintf(`{"ErrorCode":%d,"Message":%q}`, r.ErrorCode, r.Message)
 		res[i] = out
 	}

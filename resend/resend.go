@@ -33,6 +33,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/batchsender/batchsender/email"
+	"github.com/batchsender/batchsender/internal/httpsend"
 	"github.com/batchsender/batchsender/sdk"
 )
 
@@ -54,6 +55,10 @@ const (
 func init() {
 	sdk.Register(sdk.Registration{ID: ID, New: func() sdk.Provider { return new(Provider) }})
 }
+
+// Duration is the JSON form of the per-call timeout, a string such as "10s"
+// between 0 and 5m.
+type Duration = httpsend.Duration
 
 // Config is an email.resend connection's configuration.
 type Config struct {
@@ -111,17 +116,14 @@ func (p *Provider) Info() sdk.Info {
 // Provision implements sdk.Provider.
 func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 	var cfg Config
-	if err := sdk.DecodeStrict(env.Config, &cfg); err != nil {
-		return decodeErr("config", err)
-	}
 	var sec Secrets
-	if err := sdk.DecodeStrict(env.Secrets, &sec); err != nil {
-		return decodeErr("secrets", err)
+	if err := httpsend.Decode(env, &cfg, &sec); err != nil {
+		return err
 	}
 	if sec.APIKey == "" {
 		return errors.New("secrets: api_key is required")
 	}
-	u, err := parseBaseURL(cfg.BaseURL, DefaultBaseURL, env.AllowPrivateNetworks)
+	u, err := httpsend.ParseBaseURL(cfg.BaseURL, DefaultBaseURL, env.AllowPrivateNetworks)
 	if err != nil {
 		return err
 	}
@@ -137,15 +139,12 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 		cfg.RequestsPerSecond = DefaultRequestsPerSecond
 	}
 	p.limiter = rate.NewLimiter(rate.Limit(cfg.RequestsPerSecond), 1)
-	p.timeout = time.Duration(cfg.Timeout)
-	if p.timeout == 0 {
-		p.timeout = DefaultTimeout
-	}
+	p.timeout = cfg.Timeout.Or(DefaultTimeout)
 	if env.Now == nil {
 		env.Now = time.Now
 	}
 	p.cfg, p.key, p.url, p.env = cfg, sec.APIKey, u.String(), env
-	p.client = newClient(env, p.timeout)
+	p.client = httpsend.NewClient(env, p.timeout)
 	return nil
 }
 
@@ -214,12 +213,12 @@ func (s *sender) build(it sdk.Item) (message, error) {
 	if err != nil {
 		return message{}, err
 	}
-	text, html := bodies(m)
+	text, html := m.Bodies()
 	rm := message{From: m.From.String(), To: []string{m.To[0].String()}, Subject: m.Subject, HTML: html, Text: text}
 	for _, a := range m.ReplyTo {
 		rm.ReplyTo = append(rm.ReplyTo, a.String())
 	}
-	for _, h := range append(unsubscribeHeaders(m), m.Headers...) {
+	for _, h := range append(m.UnsubscribeHeaders(), m.Headers...) {
 		if rm.Headers == nil {
 			rm.Headers = map[string]string{}
 		}
@@ -291,15 +290,15 @@ func (s *sender) Send(ctx context.Context, items []sdk.Item) []sdk.Result {
 	return res
 }
 
-func (s *sender) request(ctx context.Context, path, key string, body any) answer {
+func (s *sender) request(ctx context.Context, path, key string, body any) httpsend.Answer {
 	if err := s.p.limiter.Wait(ctx); err != nil {
 		// Waiting would pass ctx's deadline, or ctx ended: not sent.
-		return answer{err: fmt.Errorf("waiting for the request rate: %w", err)}
+		return httpsend.Answer{Err: fmt.Errorf("waiting for the request rate: %w", err)}
 	}
 	raw, _ := json.Marshal(body)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.p.url+path, bytes.NewReader(raw))
 	if err != nil {
-		return answer{err: fmt.Errorf("building the request: %w", err)}
+		return httpsend.Answer{Err: fmt.Errorf("building the request: %w", err)}
 	}
 	req.Header.Set("Authorization", "Bearer "+s.p.key)
 	req.Header.Set("Content-Type", "application/json")
@@ -307,7 +306,7 @@ func (s *sender) request(ctx context.Context, path, key string, body any) answer
 	if path == "/emails/batch" {
 		req.Header.Set("x-batch-validation", "permissive")
 	}
-	return do(ctx, s.p.client, s.p.timeout, req)
+	return httpsend.Do(ctx, s.p.client, s.p.timeout, req)
 }
 
 // failure classifies a non-200 answer. A 409 for a concurrent request with
@@ -316,21 +315,21 @@ func (s *sender) request(ctx context.Context, path, key string, body any) answer
 // probably sent) while this one differs: Unknown, neither sent-again nor
 // failed. It happens when a retry's payload changes, for instance if the
 // host's unsubscribe links are not deterministic per item.
-func (s *sender) failure(a answer) sdk.Result {
+func (s *sender) failure(a httpsend.Answer) sdk.Result {
 	var e apiError
-	msg := http.StatusText(a.status)
-	if json.Unmarshal(a.body, &e) == nil && e.Message != "" {
+	msg := http.StatusText(a.Status)
+	if json.Unmarshal(a.Body, &e) == nil && e.Message != "" {
 		msg = e.Name + ": " + e.Message
 	}
-	if a.status == http.StatusConflict {
+	if a.Status == http.StatusConflict {
 		switch e.Name {
 		case "concurrent_idempotent_requests":
-			return withAnswer(sdk.RetryAfter(retryAfter(a.header, s.p.env.Now()), fmt.Errorf("HTTP 409: %s", msg)), a)
+			return httpsend.WithAnswer(sdk.RetryAfter(httpsend.RetryAfter(a.Header, s.p.env.Now()), fmt.Errorf("HTTP 409: %s", msg)), a)
 		case "invalid_idempotent_request":
-			return withAnswer(sdk.Unknown(fmt.Errorf("HTTP 409: %s (an earlier attempt with this idempotency key reached Resend)", msg)), a)
+			return httpsend.WithAnswer(sdk.Unknown(fmt.Errorf("HTTP 409: %s (an earlier attempt with this idempotency key reached Resend)", msg)), a)
 		}
 	}
-	return statusResult(a, s.p.env.Now(), msg)
+	return httpsend.StatusResult(a, s.p.env.Now(), msg)
 }
 
 func (s *sender) single(ctx context.Context, itemID string, m message) sdk.Result {
@@ -338,20 +337,19 @@ func (s *sender) single(ctx context.Context, itemID string, m message) sdk.Resul
 		return sdk.Retry(fmt.Errorf("not sent: %w", err))
 	}
 	a := s.request(ctx, "/emails", ItemKey(itemID), m)
-	if a.err != nil {
-		return transportResult(a, "posting /emails", true)
+	if a.Err != nil {
+		return httpsend.TransportResult(a, "posting /emails", true)
 	}
-	if a.status != http.StatusOK {
+	if a.Status != http.StatusOK {
 		return s.failure(a)
 	}
 	var out struct {
 		ID string `json:"id"`
 	}
-	if err := json.Unmarshal(a.body, &out); err != nil || out.ID == "" {
-		return withAnswer(sdk.Retry(errors.New("unreadable answer (a retry with the same idempotency key is safe)")), a)
+	if err := json.Unmarshal(a.Body, &out); err != nil || out.ID == "" {
+		return httpsend.WithAnswer(sdk.Retry(errors.New("unreadable answer (a retry with the same idempotency key is safe)")), a)
 	}
-	r := sdk.OK(out.ID)
-	r.StatusCode, r.Latency = a.status, a.latency
+	r := httpsend.OK(out.ID, a)
 	return r
 }
 
@@ -366,11 +364,11 @@ func (s *sender) batch(ctx context.Context, batch []message, ids []string, idx [
 		return
 	}
 	a := s.request(ctx, "/emails/batch", BatchKey(ids), batch)
-	if a.err != nil {
-		set(transportResult(a, "posting /emails/batch", true))
+	if a.Err != nil {
+		set(httpsend.TransportResult(a, "posting /emails/batch", true))
 		return
 	}
-	if a.status != http.StatusOK {
+	if a.Status != http.StatusOK {
 		set(s.failure(a))
 		return
 	}
@@ -384,7 +382,7 @@ func (s *sender) batch(ctx context.Context, batch []message, ids []string, idx [
 		} `json:"errors"`
 	}
 	failed := map[int]string{}
-	err := json.Unmarshal(a.body, &out)
+	err := json.Unmarshal(a.Body, &out)
 	if err == nil {
 		for _, e := range out.Errors {
 			if e.Index < 0 || e.Index >= len(batch) {
@@ -396,7 +394,7 @@ func (s *sender) batch(ctx context.Context, batch []message, ids []string, idx [
 	}
 	if err != nil || len(out.Data)+len(failed) != len(batch) {
 		// Retrying with the same key replays the answer: safe.
-		set(withAnswer(sdk.Retry(fmt.Errorf("unreadable batch answer for %d emails", len(batch))), a))
+		set(httpsend.WithAnswer(sdk.Retry(fmt.Errorf("unreadable batch answer for %d emails", len(batch))), a))
 		return
 	}
 	// data lists the created emails in request order, skipping the
@@ -405,12 +403,11 @@ func (s *sender) batch(ctx context.Context, batch []message, ids []string, idx [
 	for k, i := range idx {
 		if msg, bad := failed[k]; bad {
 			r := sdk.Permanent(fmt.Errorf("rejected: %s", msg))
-			r.StatusCode, r.Latency = a.status, a.latency
+			r.StatusCode, r.Latency = a.Status, a.Latency
 			res[i] = r
 			continue
 		}
-		r := sdk.OK(out.Data[d].ID)
-		r.StatusCode, r.Latency = a.status, a.latency
+		r := httpsend.OK(out.Data[d].ID, a)
 		res[i] = r
 		d++
 	}

@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/batchsender/batchsender/email"
+	"github.com/batchsender/batchsender/internal/httpsend"
 	"github.com/batchsender/batchsender/sdk"
 )
 
@@ -63,6 +64,10 @@ const (
 func init() {
 	sdk.Register(sdk.Registration{ID: ID, New: func() sdk.Provider { return new(Provider) }})
 }
+
+// Duration is the JSON form of the per-call timeout, a string such as "10s"
+// between 0 and 5m.
+type Duration = httpsend.Duration
 
 // Config is an email.sendgrid connection's configuration.
 type Config struct {
@@ -121,17 +126,14 @@ func (p *Provider) Info() sdk.Info {
 // Provision implements sdk.Provider.
 func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 	var cfg Config
-	if err := sdk.DecodeStrict(env.Config, &cfg); err != nil {
-		return decodeErr("config", err)
-	}
 	var sec Secrets
-	if err := sdk.DecodeStrict(env.Secrets, &sec); err != nil {
-		return decodeErr("secrets", err)
+	if err := httpsend.Decode(env, &cfg, &sec); err != nil {
+		return err
 	}
 	if sec.APIKey == "" {
 		return errors.New("secrets: api_key is required")
 	}
-	u, err := parseBaseURL(cfg.BaseURL, DefaultBaseURL, env.AllowPrivateNetworks)
+	u, err := httpsend.ParseBaseURL(cfg.BaseURL, DefaultBaseURL, env.AllowPrivateNetworks)
 	if err != nil {
 		return err
 	}
@@ -143,15 +145,12 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 			return fmt.Errorf("config: unsubscribe_mailto: %w", err)
 		}
 	}
-	p.timeout = time.Duration(cfg.Timeout)
-	if p.timeout == 0 {
-		p.timeout = DefaultTimeout
-	}
+	p.timeout = cfg.Timeout.Or(DefaultTimeout)
 	if env.Now == nil {
 		env.Now = time.Now
 	}
 	p.cfg, p.key, p.url, p.env = cfg, sec.APIKey, u.String(), env
-	p.client = newClient(env, p.timeout)
+	p.client = httpsend.NewClient(env, p.timeout)
 	return nil
 }
 
@@ -447,7 +446,7 @@ func (s *sender) request(c *call) mailSend {
 			CustomArgs:    map[string]string{CustomArgKey: r.id},
 			Substitutions: c.g.substitutions(r),
 		}
-		for _, h := range append(unsubscribeHeaders(r.m), r.m.Headers...) {
+		for _, h := range append(r.m.UnsubscribeHeaders(), r.m.Headers...) {
 			if p.Headers == nil {
 				p.Headers = map[string]string{}
 			}
@@ -480,7 +479,7 @@ func (s *sender) Send(ctx context.Context, items []sdk.Item) []sdk.Result {
 			res[i] = sdk.Permanent(fmt.Errorf("rendering: %w", err))
 			continue
 		}
-		text, html := bodies(m)
+		text, html := m.Bodies()
 		ready = append(ready, rendered{i: i, id: it.ID, m: m, text: text, html: html,
 			hseg: segments(html), tseg: segments(text)})
 	}
@@ -515,15 +514,15 @@ func (s *sender) send(ctx context.Context, c *call, res []sdk.Result) {
 	}
 	req.Header.Set("Authorization", "Bearer "+s.p.key)
 	req.Header.Set("Content-Type", "application/json")
-	a := do(ctx, s.p.client, s.p.timeout, req)
-	if a.err != nil {
-		set(transportResult(a, "posting /v3/mail/send", false))
+	a := httpsend.Do(ctx, s.p.client, s.p.timeout, req)
+	if a.Err != nil {
+		set(httpsend.TransportResult(a, "posting /v3/mail/send", false))
 		return
 	}
-	if a.status != http.StatusAccepted && a.status != http.StatusOK {
+	if a.Status != http.StatusAccepted && a.Status != http.StatusOK {
 		var e apiErrors
-		msg := http.StatusText(a.status)
-		if json.Unmarshal(a.body, &e) == nil && len(e.Errors) > 0 {
+		msg := http.StatusText(a.Status)
+		if json.Unmarshal(a.Body, &e) == nil && len(e.Errors) > 0 {
 			var parts []string
 			for _, x := range e.Errors {
 				if x.Field != nil && *x.Field != "" {
@@ -534,22 +533,21 @@ func (s *sender) send(ctx context.Context, c *call, res []sdk.Result) {
 			}
 			msg = strings.Join(parts, "; ")
 		}
-		r := statusResult(a, s.p.env.Now(), msg)
-		if r.Outcome == sdk.OutcomeRetry && r.RetryAfter == 0 && a.status == http.StatusTooManyRequests {
-			r.RetryAfter = resetAfter(a.header, s.p.env.Now())
+		r := httpsend.StatusResult(a, s.p.env.Now(), msg)
+		if r.Outcome == sdk.OutcomeRetry && r.RetryAfter == 0 && a.Status == http.StatusTooManyRequests {
+			r.RetryAfter = resetAfter(a.Header, s.p.env.Now())
 		}
 		set(r)
 		return
 	}
-	id := a.header.Get("X-Message-Id")
+	id := a.Header.Get("X-Message-Id")
 	if id == "" {
 		// 200 in sandbox mode carries no id; the item ID still
 		// correlates through custom_args.
 		id = "sandbox"
 	}
 	for _, it := range c.items {
-		r := sdk.OK(id)
-		r.StatusCode, r.Latency = a.status, a.latency
+		r := httpsend.OK(id, a)
 		res[it.i] = r
 	}
 }

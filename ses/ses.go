@@ -41,6 +41,7 @@ import (
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/batchsender/batchsender/email"
+	"github.com/batchsender/batchsender/internal/httpsend"
 	"github.com/batchsender/batchsender/sdk"
 )
 
@@ -63,6 +64,10 @@ const (
 func init() {
 	sdk.Register(sdk.Registration{ID: ID, New: func() sdk.Provider { return new(Provider) }})
 }
+
+// Duration is the JSON form of the per-call timeout, a string such as "10s"
+// between 0 and 5m.
+type Duration = httpsend.Duration
 
 // Config is an email.ses connection's configuration.
 type Config struct {
@@ -125,12 +130,9 @@ func (p *Provider) Info() sdk.Info {
 // Provision implements sdk.Provider.
 func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 	var cfg Config
-	if err := sdk.DecodeStrict(env.Config, &cfg); err != nil {
-		return decodeErr("config", err)
-	}
 	var sec Secrets
-	if err := sdk.DecodeStrict(env.Secrets, &sec); err != nil {
-		return decodeErr("secrets", err)
+	if err := httpsend.Decode(env, &cfg, &sec); err != nil {
+		return err
 	}
 	if sec.AccessKeyID == "" || sec.SecretAccessKey == "" {
 		return errors.New("secrets: access_key_id and secret_access_key are required")
@@ -145,7 +147,7 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 	}
 	var base *string
 	if cfg.BaseURL != "" {
-		u, err := parseBaseURL(cfg.BaseURL, "", env.AllowPrivateNetworks)
+		u, err := httpsend.ParseBaseURL(cfg.BaseURL, "", env.AllowPrivateNetworks)
 		if err != nil {
 			return err
 		}
@@ -156,15 +158,12 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 			return fmt.Errorf("config: unsubscribe_mailto: %w", err)
 		}
 	}
-	p.timeout = time.Duration(cfg.Timeout)
-	if p.timeout == 0 {
-		p.timeout = DefaultTimeout
-	}
+	p.timeout = cfg.Timeout.Or(DefaultTimeout)
 	if env.Now == nil {
 		env.Now = time.Now
 	}
 	p.cfg, p.env = cfg, env
-	p.httpc = newClient(env, p.timeout)
+	p.httpc = httpsend.NewClient(env, p.timeout)
 	// Built from explicit options, never from the process environment or
 	// shared config files: a connection's credentials are its own.
 	p.client = sesv2.New(sesv2.Options{
@@ -325,14 +324,14 @@ func (s *sender) sendBulk(ctx context.Context, group []rendered, res []sdk.Resul
 		in.ReplyToAddresses = append(in.ReplyToAddresses, a.String())
 	}
 	for _, g := range group {
-		text, html := bodies(g.m)
+		text, html := g.m.Bodies()
 		data, _ := json.Marshal(map[string]string{"bs_subject": g.m.Subject, "bs_html": html, "bs_text": text})
 		e := types.BulkEmailEntry{
 			Destination:             &types.Destination{ToAddresses: []string{g.m.To[0].String()}},
 			ReplacementEmailContent: &types.ReplacementEmailContent{ReplacementTemplate: &types.ReplacementTemplate{ReplacementTemplateData: aws.String(string(data))}},
 			ReplacementTags:         tags(g.id),
 		}
-		for _, h := range append(unsubscribeHeaders(g.m), g.m.Headers...) {
+		for _, h := range append(g.m.UnsubscribeHeaders(), g.m.Headers...) {
 			e.ReplacementHeaders = append(e.ReplacementHeaders, types.MessageHeader{Name: aws.String(h.Name), Value: aws.String(h.Value)})
 		}
 		in.BulkEmailEntries = append(in.BulkEmailEntries, e)

@@ -1,9 +1,10 @@
-package sendgrid
-
-// This file is the HTTP plumbing shared by the HTTP email providers. The same
-// file (with only the package clause changed) sits in sendgrid, postmark,
-// resend and mailgun: each provider package owns its copy so that it stays a
-// self-contained example of a provider, and they are kept identical.
+// Package httpsend is the HTTP plumbing the HTTP email providers share
+// (sendgrid, postmark, resend, mailgun, and the client under the AWS SDK in
+// ses): the connection's configuration helpers, an http.Client whose
+// connections go through the host's guarded dialer, one call with its
+// answer read to a bound, and the classification of that answer into the
+// SDK's outcomes.
+package httpsend
 
 import (
 	"context"
@@ -21,12 +22,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/batchsender/batchsender/email"
 	"github.com/batchsender/batchsender/netguard"
 	"github.com/batchsender/batchsender/sdk"
 )
 
-// Duration is a time.Duration written in JSON as a string such as "10s".
+// Duration is a time.Duration written in JSON as a string such as "10s",
+// between 0 and 5 minutes: the per-call timeout of a connection.
 type Duration time.Duration
 
 // UnmarshalJSON implements json.Unmarshaler.
@@ -46,15 +47,37 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // MarshalJSON implements json.Marshaler.
 func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
 
+// Or returns d, or def when d is unset.
+func (d Duration) Or(def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return time.Duration(d)
+}
+
+// Decode decodes a connection's config and secrets strictly into cfg and
+// sec. Its errors name the part and the field, never a value, so a secret
+// cannot leak through them.
+func Decode(env sdk.Env, cfg, sec any) error {
+	if err := sdk.DecodeStrict(env.Config, cfg); err != nil {
+		return decodeErr("config", err)
+	}
+	if err := sdk.DecodeStrict(env.Secrets, sec); err != nil {
+		return decodeErr("secrets", err)
+	}
+	return nil
+}
+
 // decodeErr strips the decoder's "json: " prefix; its messages name fields,
 // never values.
 func decodeErr(part string, err error) error {
 	return fmt.Errorf("%s: %s", part, strings.TrimPrefix(err.Error(), "json: "))
 }
 
-// parseBaseURL checks the base_url override. Without AllowPrivateNetworks
-// only https is accepted: API keys must not travel in clear text.
-func parseBaseURL(raw, def string, allowPrivate bool) (*url.URL, error) {
+// ParseBaseURL checks a base_url override (def when raw is empty). Without
+// allowPrivate only https is accepted: API keys must not travel in clear
+// text. Errors never repeat the URL, which may hold credentials.
+func ParseBaseURL(raw, def string, allowPrivate bool) (*url.URL, error) {
 	if raw == "" {
 		raw = def
 	}
@@ -80,9 +103,11 @@ func parseBaseURL(raw, def string, allowPrivate bool) (*url.URL, error) {
 	return u, nil
 }
 
-// newClient returns an HTTP client whose connections go through the host's
-// dialer (the SSRF guard) and a second check of the address reached.
-func newClient(env sdk.Env, timeout time.Duration) *http.Client {
+// NewClient returns an HTTP client whose connections go through the host's
+// dialer (the SSRF guard; netguard's when the host gives none) and a second
+// check of the address reached. It follows no redirects and uses no proxy:
+// the guard judges the provider's address.
+func NewClient(env sdk.Env, timeout time.Duration) *http.Client {
 	dial := env.Dialer
 	if dial == nil {
 		dial = netguard.Dialer(env.AllowPrivateNetworks, timeout)
@@ -116,24 +141,25 @@ func newClient(env sdk.Env, timeout time.Duration) *http.Client {
 	}
 }
 
-// maxAnswer bounds how much of an answer is read (a batch answer for 500
+// MaxAnswer bounds how much of an answer is read (a batch answer for 1,000
 // items is well under 1 MiB).
-const maxAnswer = 8 << 20
+const MaxAnswer = 8 << 20
 
-// answer is one API call's outcome.
-type answer struct {
-	status  int
-	header  http.Header
-	body    []byte
-	latency time.Duration
-	// err is a transport failure; left says whether the request's headers
+// Answer is one API call's outcome.
+type Answer struct {
+	Status  int
+	Header  http.Header
+	Body    []byte
+	Latency time.Duration
+	// Err is a transport failure; Left says whether the request's headers
 	// had been written when it happened (the provider may have acted on it).
-	err  error
-	left bool
+	Err  error
+	Left bool
 }
 
-// do sends req with the call timeout and reads the answer.
-func do(ctx context.Context, client *http.Client, timeout time.Duration, req *http.Request) answer {
+// Do sends req with the call timeout and reads the answer (at most
+// MaxAnswer bytes of it).
+func Do(ctx context.Context, client *http.Client, timeout time.Duration, req *http.Request) Answer {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var left atomic.Bool
@@ -141,69 +167,82 @@ func do(ctx context.Context, client *http.Client, timeout time.Duration, req *ht
 	start := time.Now()
 	resp, err := client.Do(req.WithContext(httptrace.WithClientTrace(ctx, trace)))
 	if err != nil {
-		return answer{err: err, left: left.Load(), latency: time.Since(start)}
+		return Answer{Err: err, Left: left.Load(), Latency: time.Since(start)}
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
-	a := answer{status: resp.StatusCode, header: resp.Header, body: body, latency: time.Since(start)}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxAnswer))
+	a := Answer{Status: resp.StatusCode, Header: resp.Header, Body: body, Latency: time.Since(start)}
 	if err != nil {
-		a.err, a.left = fmt.Errorf("reading the answer: %w", err), true
+		a.Err, a.Left = fmt.Errorf("reading the answer: %w", err), true
 	}
 	return a
 }
 
-// transportResult classifies a call that got no complete answer. Before the
+// TransportResult classifies a call that got no complete answer. Before the
 // request left, a retry is always safe. After, the provider may have sent the
 // mail: without an idempotency key the result is Unknown, so the host does
 // not retry it into a double send unless the batch chose at-least-once.
-func transportResult(a answer, what string, idempotent bool) sdk.Result {
-	err := fmt.Errorf("%s: %w", what, a.err)
+func TransportResult(a Answer, what string, idempotent bool) sdk.Result {
+	err := fmt.Errorf("%s: %w", what, a.Err)
 	var r sdk.Result
 	switch {
-	case !a.left:
+	case !a.Left:
 		r = sdk.Retry(fmt.Errorf("%w (not sent)", err))
 	case idempotent:
 		r = sdk.Retry(fmt.Errorf("%w (sent with an idempotency key; safe to retry)", err))
 	default:
 		r = sdk.Unknown(fmt.Errorf("%w (the request was sent and may have been accepted; the API has no idempotency key)", err))
 	}
-	r.Latency = a.latency
+	r.Latency = a.Latency
 	return r
 }
 
-// statusResult classifies a non-2xx answer: 429 and 5xx (and 408) are
+// StatusResult classifies a non-2xx answer: 429, 408 and 5xx are
 // transient, honouring Retry-After; other 4xx are permanent. msg is the
 // provider's error text from the body.
-func statusResult(a answer, now time.Time, msg string) sdk.Result {
-	err := fmt.Errorf("HTTP %d: %s", a.status, msg)
+func StatusResult(a Answer, now time.Time, msg string) sdk.Result {
+	err := fmt.Errorf("HTTP %d: %s", a.Status, msg)
 	var r sdk.Result
-	switch {
-	case a.status == http.StatusTooManyRequests:
-		r = sdk.RetryAfter(retryAfter(a.header, now), err)
-	case a.status >= 500 || a.status == http.StatusRequestTimeout:
-		r = sdk.RetryAfter(retryAfter(a.header, now), err)
-	default:
+	if Transient(a.Status) {
+		r = sdk.RetryAfter(RetryAfter(a.Header, now), err)
+	} else {
 		r = sdk.Permanent(err)
 	}
-	return withAnswer(r, a)
+	return WithAnswer(r, a)
 }
 
-// withAnswer adds the status, the start of the body and the latency.
-func withAnswer(r sdk.Result, a answer) sdk.Result {
-	r.StatusCode, r.Latency = a.status, a.latency
-	r.Response = snippet(a.body)
+// Transient reports whether an HTTP status is worth retrying: 429, 408 and
+// 5xx.
+func Transient(status int) bool {
+	return status == http.StatusTooManyRequests || status == http.StatusRequestTimeout || status >= 500
+}
+
+// OK is an accepted item's result: the provider's message ID with the
+// call's status and latency.
+func OK(id string, a Answer) sdk.Result {
+	r := sdk.OK(id)
+	r.StatusCode, r.Latency = a.Status, a.Latency
 	return r
 }
 
-func snippet(b []byte) string {
+// WithAnswer adds the status, the start of the body and the latency.
+func WithAnswer(r sdk.Result, a Answer) sdk.Result {
+	r.StatusCode, r.Latency = a.Status, a.Latency
+	r.Response = Snippet(a.Body)
+	return r
+}
+
+// Snippet returns the first KiB of an answer's body, kept with a result.
+func Snippet(b []byte) string {
 	if len(b) > 1024 {
 		b = b[:1024]
 	}
 	return string(b)
 }
 
-// retryAfter reads Retry-After, in seconds or as an HTTP date.
-func retryAfter(h http.Header, now time.Time) time.Duration {
+// RetryAfter reads Retry-After, in seconds or as an HTTP date; 0 when absent,
+// unreadable, past or a day or more away.
+func RetryAfter(h http.Header, now time.Time) time.Duration {
 	v := strings.TrimSpace(h.Get("Retry-After"))
 	if v == "" {
 		return 0
@@ -215,29 +254,4 @@ func retryAfter(h http.Header, now time.Time) time.Duration {
 		return t.Sub(now)
 	}
 	return 0
-}
-
-// unsubscribeHeaders returns the RFC 8058 headers of a message, if any.
-func unsubscribeHeaders(m *email.Message) []email.Header {
-	if m.ListUnsubscribe == "" {
-		return nil
-	}
-	v := "<" + m.ListUnsubscribe + ">"
-	if m.ListUnsubscribeMailto != "" {
-		v += ", <mailto:" + m.ListUnsubscribeMailto + ">"
-	}
-	return []email.Header{
-		{Name: "List-Unsubscribe", Value: v},
-		{Name: "List-Unsubscribe-Post", Value: "List-Unsubscribe=One-Click"},
-	}
-}
-
-// bodies returns the text and HTML to send: the text alternative is
-// derived from the HTML when the template gives none.
-func bodies(m *email.Message) (text, html string) {
-	text, html = m.Text, m.HTML
-	if text == "" && html != "" {
-		text = email.HTMLToText(html)
-	}
-	return text, html
 }
