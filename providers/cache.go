@@ -13,6 +13,7 @@ import (
 
 	"github.com/batchsender/batchsender"
 	"github.com/batchsender/batchsender/sdk"
+	"github.com/batchsender/batchsender/unsubscribe"
 )
 
 // Unsealer opens a connection's sealed secrets.
@@ -28,6 +29,10 @@ type Config struct {
 	AllowPrivateNetworks bool
 	PublicURL            string
 	Now                  func() time.Time
+	// Unsubscribe signs the one-click unsubscribe links providers put into
+	// messages (sdk.Env.UnsubscribeURL). Nil, or a signer without a public
+	// URL, leaves the links out.
+	Unsubscribe *unsubscribe.Signer
 }
 
 // Cache provisions each connection's provider once and reuses it until the
@@ -61,6 +66,24 @@ func NewCache(cfg Config) *Cache {
 // check its config and secrets (plain JSON) before it is saved. The caller
 // closes the returned provider.
 func (c *Cache) Provision(ctx context.Context, providerID string, config, secrets json.RawMessage) (sdk.Provider, error) {
+	return c.provision(ctx, providerID, config, secrets, nil)
+}
+
+// unsubscribeURL returns the link maker of a stored connection's messages:
+// each link unsubscribes one address from the connection's project and
+// module.
+func (c *Cache) unsubscribeURL(conn batchsender.Connection) func(itemID, recipient string) string {
+	if !c.cfg.Unsubscribe.Links() {
+		return nil
+	}
+	signer, project, channel := c.cfg.Unsubscribe, conn.ProjectID, conn.Module()
+	return func(itemID, recipient string) string {
+		return signer.URL(unsubscribe.Token{ProjectID: project, Channel: channel,
+			Address: batchsender.NormalizeAddress(recipient), ItemID: itemID})
+	}
+}
+
+func (c *Cache) provision(ctx context.Context, providerID string, config, secrets json.RawMessage, unsub func(itemID, recipient string) string) (sdk.Provider, error) {
 	reg, ok := sdk.Lookup(providerID)
 	if !ok {
 		return nil, batchsender.Errorf(batchsender.EINVALID, "unknown provider %q", providerID)
@@ -74,6 +97,7 @@ func (c *Cache) Provision(ctx context.Context, providerID string, config, secret
 		AllowPrivateNetworks: c.cfg.AllowPrivateNetworks,
 		PublicURL:            c.cfg.PublicURL,
 		Now:                  c.cfg.Now,
+		UnsubscribeURL:       unsub,
 	}
 	if err := p.Provision(ctx, env); err != nil {
 		return nil, batchsender.Errorf(batchsender.EINVALID, "%s connection: %v", providerID, err)
@@ -89,14 +113,11 @@ func (c *Cache) Get(ctx context.Context, conn batchsender.Connection) (sdk.Provi
 	if ok && e.updated.Equal(conn.UpdatedAt) {
 		return e.p, nil
 	}
-	secrets := []byte("{}")
-	if len(conn.SecretsSealed) > 0 {
-		var err error
-		if secrets, err = c.cfg.Unsealer.Open(conn.SecretsSealed); err != nil {
-			return nil, fmt.Errorf("opening secrets of connection %s: %w", conn.ID, err)
-		}
+	secrets, err := c.Secrets(conn)
+	if err != nil {
+		return nil, err
 	}
-	p, err := c.Provision(ctx, conn.Provider, conn.Config, secrets)
+	p, err := c.provision(ctx, conn.Provider, conn.Config, secrets, c.unsubscribeURL(conn))
 	if err != nil {
 		return nil, err
 	}
@@ -112,6 +133,20 @@ func (c *Cache) Get(ctx context.Context, conn batchsender.Connection) (sdk.Provi
 	}
 	c.m[conn.ID] = entry{updated: conn.UpdatedAt, p: p}
 	return p, nil
+}
+
+// Secrets returns a stored connection's secrets as the JSON object they
+// were given in ("{}" when none), for the few host features that need them
+// outside a provider, such as verifying a provider's event webhooks.
+func (c *Cache) Secrets(conn batchsender.Connection) (json.RawMessage, error) {
+	if len(conn.SecretsSealed) == 0 {
+		return json.RawMessage("{}"), nil
+	}
+	secrets, err := c.cfg.Unsealer.Open(conn.SecretsSealed)
+	if err != nil {
+		return nil, fmt.Errorf("opening secrets of connection %s: %w", conn.ID, err)
+	}
+	return secrets, nil
 }
 
 // Close closes every provider.
