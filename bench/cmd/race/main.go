@@ -66,6 +66,7 @@ type config struct {
 	workDir      string
 	stores       string
 	skipBare     bool
+	skipRiver    bool
 }
 
 func main() {
@@ -79,6 +80,7 @@ func main() {
 	flag.StringVar(&cfg.workDir, "workdir", "", "directory for data and logs (default: a temporary one, removed)")
 	flag.StringVar(&cfg.stores, "stores", "postgres,sqlite", "which rounds to run")
 	flag.BoolVar(&cfg.skipBare, "skip-bare", false, "skip the bare loop")
+	flag.BoolVar(&cfg.skipRiver, "skip-river", false, "skip River (for looking at BatchSender alone)")
 	flag.Parse()
 	if cfg.riverWorkers == 0 {
 		cfg.riverWorkers = cfg.concurrency
@@ -148,14 +150,18 @@ func run(ctx context.Context, cfg config) error {
 			if bs, err = r.batchsenderPG(ctx); err != nil {
 				return fmt.Errorf("batchsender on postgres: %w", err)
 			}
-			if rv, err = r.riverPG(ctx); err != nil {
+			if cfg.skipRiver {
+				rv = bs
+			} else if rv, err = r.riverPG(ctx); err != nil {
 				return fmt.Errorf("river on postgres: %w", err)
 			}
 		case "sqlite":
 			if bs, err = r.batchsenderSQLite(ctx); err != nil {
 				return fmt.Errorf("batchsender on sqlite: %w", err)
 			}
-			if rv, err = r.riverSQLite(ctx); err != nil {
+			if cfg.skipRiver {
+				rv = bs
+			} else if rv, err = r.riverSQLite(ctx); err != nil {
 				return fmt.Errorf("river on sqlite: %w", err)
 			}
 		default:
@@ -341,7 +347,12 @@ func (r *racer) batchsender(ctx context.Context, name string, env []string) (res
 	if err := c.StartBatch(ctx, b.ID); err != nil {
 		return res, err
 	}
+	last := time.Now()
 	final, err := c.WaitBatch(ctx, b.ID, 30*time.Minute, func(b e2e.Batch) bool {
+		if time.Since(last) > 5*time.Second {
+			last = time.Now()
+			logf("  ... %d/%d succeeded", b.Counts.Succeeded, r.cfg.n)
+		}
 		return b.Status == "completed" || b.Status == "cancelled" || b.Status == "failed"
 	})
 	res.deliver = time.Since(start)
