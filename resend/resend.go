@@ -5,17 +5,31 @@
 // 1,000 items take 10 API calls.
 //
 // Idempotency. Resend keeps an Idempotency-Key for 24 hours and replays the
-// original answer when the same key comes with the same payload. A batch
-// call's key is per request, so it is derived from the chunk:
-// "bs-batch-" + the first 32 hex digits of SHA-256 over the chunk's item IDs
-// in order, joined by newlines. The engine retries a failed chunk with the
-// same items in the same order, so a retry after a timeout replays instead
-// of sending twice, and timeouts after the request left are therefore
-// Retry, not Unknown. A chunk regrouped differently gets a different key
-// (documented limit). Messages with attachments, which the batch endpoint
-// does not take, go one per call to POST /emails with the key
-// "bs-item-" + item ID. Every message also carries the item ID as the tag
-// batchsender_item, which Resend echoes in its webhooks.
+// original answer when the same key comes with the same payload; a batch
+// call's key covers the whole request. The engine does not retry a chunk as
+// it was: retried items come back in other chunks. So:
+//
+//   - An item's first attempt goes in a batch call under
+//     BatchKey(its chunk's first-attempt item IDs). When the answer is lost
+//     (a transport failure after the request left, or Resend's 409
+//     concurrent_idempotent_requests), the provider repeats that very call
+//     with the same key and body, up to twice, within the same Send: a
+//     replay returns the original answer, so a batch that was taken is
+//     neither lost nor sent twice. If no try gets an answer, the items are
+//     Unknown (the host retries them only when the batch chose
+//     at-least-once), because no later call carries that key.
+//   - Every later attempt of an item (sdk.Item.Attempt > 1), and every
+//     message with attachments (which the batch endpoint does not take),
+//     goes alone to POST /emails under ItemKey(item ID) = "bs-item-" + ID:
+//     the same key on every such attempt, so a lost answer there is Retry
+//     and the next attempt replays instead of sending again.
+//
+// The cost: retries go one request per email, paced by
+// requests_per_second (2 a second by default), rather than 100 per request.
+// Limits: a Send cut off (process stop, lease end) after its batch left,
+// and a first attempt retried under at-least-once, can send twice, as
+// with any provider without a key. Every message also carries the item ID
+// as the tag batchsender_item, which Resend echoes in its webhooks.
 package resend
 
 import (
@@ -263,13 +277,17 @@ func ItemKey(id string) string {
 	return "bs-item-" + id
 }
 
-// Send implements sdk.Sender.
+// Send implements sdk.Sender. First attempts without attachments share one
+// batch call; retries and messages with attachments go one per call under
+// their item's key (see the package doc).
 func (s *sender) Send(ctx context.Context, items []sdk.Item) []sdk.Result {
 	res := make([]sdk.Result, len(items))
 	var (
-		idx   []int
-		ids   []string
-		batch []message
+		idx     []int
+		ids     []string
+		batch   []message
+		singles []int
+		msgs    = make([]message, len(items))
 	)
 	for i, it := range items {
 		m, err := s.build(it)
@@ -277,26 +295,34 @@ func (s *sender) Send(ctx context.Context, items []sdk.Item) []sdk.Result {
 			res[i] = sdk.Permanent(fmt.Errorf("rendering: %w", err))
 			continue
 		}
-		if len(m.Attachments) > 0 {
-			// The batch endpoint takes no attachments.
-			res[i] = s.single(ctx, it.ID, m)
+		if len(m.Attachments) > 0 || it.Attempt > 1 {
+			// The batch endpoint takes no attachments; a retry keeps
+			// its item's key (an earlier attempt may have been a
+			// single call under it).
+			msgs[i], singles = m, append(singles, i)
 			continue
 		}
 		idx, ids, batch = append(idx, i), append(ids, it.ID), append(batch, m)
 	}
+	// The batch first: one request for up to 100 emails is the best use
+	// of the request rate while ctx lasts.
 	if len(batch) > 0 {
 		s.batch(ctx, batch, ids, idx, res)
+	}
+	for _, i := range singles {
+		res[i] = s.single(ctx, items[i].ID, msgs[i])
 	}
 	return res
 }
 
-func (s *sender) request(ctx context.Context, path, key string, body any) httpsend.Answer {
+// request makes one call with its idempotency key, after waiting for the
+// connection's request rate.
+func (s *sender) request(ctx context.Context, path, key string, body []byte) httpsend.Answer {
 	if err := s.p.limiter.Wait(ctx); err != nil {
 		// Waiting would pass ctx's deadline, or ctx ended: not sent.
 		return httpsend.Answer{Err: fmt.Errorf("waiting for the request rate: %w", err)}
 	}
-	raw, _ := json.Marshal(body)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.p.url+path, bytes.NewReader(raw))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.p.url+path, bytes.NewReader(body))
 	if err != nil {
 		return httpsend.Answer{Err: fmt.Errorf("building the request: %w", err)}
 	}
@@ -309,6 +335,17 @@ func (s *sender) request(ctx context.Context, path, key string, body any) httpse
 	return httpsend.Do(ctx, s.p.client, s.p.timeout, req)
 }
 
+// errorOf reads Resend's error body: its name (such as
+// "invalid_idempotent_request") and a message for the result.
+func errorOf(a httpsend.Answer) (name, msg string) {
+	var e apiError
+	msg = http.StatusText(a.Status)
+	if json.Unmarshal(a.Body, &e) == nil && e.Message != "" {
+		msg = e.Name + ": " + e.Message
+	}
+	return e.Name, msg
+}
+
 // failure classifies a non-200 answer. A 409 for a concurrent request with
 // the same key is transient. A 409 for a different payload under the same
 // key means an earlier attempt with this key reached Resend (and was
@@ -316,13 +353,9 @@ func (s *sender) request(ctx context.Context, path, key string, body any) httpse
 // failed. It happens when a retry's payload changes, for instance if the
 // host's unsubscribe links are not deterministic per item.
 func (s *sender) failure(a httpsend.Answer) sdk.Result {
-	var e apiError
-	msg := http.StatusText(a.Status)
-	if json.Unmarshal(a.Body, &e) == nil && e.Message != "" {
-		msg = e.Name + ": " + e.Message
-	}
+	name, msg := errorOf(a)
 	if a.Status == http.StatusConflict {
-		switch e.Name {
+		switch name {
 		case "concurrent_idempotent_requests":
 			return httpsend.WithAnswer(sdk.RetryAfter(httpsend.RetryAfter(a.Header, s.p.env.Now()), fmt.Errorf("HTTP 409: %s", msg)), a)
 		case "invalid_idempotent_request":
@@ -332,11 +365,15 @@ func (s *sender) failure(a httpsend.Answer) sdk.Result {
 	return httpsend.StatusResult(a, s.p.env.Now(), msg)
 }
 
+// single sends one email to /emails under ItemKey(itemID), the key every
+// single call for the item carries, so a retry after a lost answer
+// replays instead of sending again.
 func (s *sender) single(ctx context.Context, itemID string, m message) sdk.Result {
 	if err := ctx.Err(); err != nil {
 		return sdk.Retry(fmt.Errorf("not sent: %w", err))
 	}
-	a := s.request(ctx, "/emails", ItemKey(itemID), m)
+	body, _ := json.Marshal(m)
+	a := s.request(ctx, "/emails", ItemKey(itemID), body)
 	if a.Err != nil {
 		return httpsend.TransportResult(a, "posting /emails", true)
 	}
@@ -347,12 +384,75 @@ func (s *sender) single(ctx context.Context, itemID string, m message) sdk.Resul
 		ID string `json:"id"`
 	}
 	if err := json.Unmarshal(a.Body, &out); err != nil || out.ID == "" {
-		return httpsend.WithAnswer(sdk.Retry(errors.New("unreadable answer (a retry with the same idempotency key is safe)")), a)
+		// Accepted, but a retry would replay the same answer.
+		return httpsend.WithAnswer(sdk.Unknown(errors.New("HTTP 200 without an email id")), a)
 	}
-	r := httpsend.OK(out.ID, a)
-	return r
+	return httpsend.OK(out.ID, a)
 }
 
+// Replays of a batch call whose answer was lost.
+const (
+	// batchReplays is how many times a batch call is repeated, with the
+	// same key and body, after its answer was lost.
+	batchReplays = 2
+	// maxReplayWait caps the wait before a replay when Resend says the
+	// first request is still in progress.
+	maxReplayWait = 2 * time.Second
+)
+
+// ambiguous reports whether a call may have been taken without its answer
+// telling: a transport failure after the request left, or Resend still
+// working on an earlier request with the same key.
+func ambiguous(a httpsend.Answer) bool {
+	if a.Err != nil {
+		return a.Left
+	}
+	name, _ := errorOf(a)
+	return a.Status == http.StatusConflict && name == "concurrent_idempotent_requests"
+}
+
+// batchCall makes a batch call, replaying it in place (same key, same
+// body) while its answer is lost: the batch key only replays this very
+// call, because a retry by the host goes out differently (one call per
+// item). maybeSent says that some try may have been taken while the
+// returned answer does not say so.
+func (s *sender) batchCall(ctx context.Context, key string, body []byte) (a httpsend.Answer, maybeSent bool) {
+	for try := 0; ; try++ {
+		a = s.request(ctx, "/emails/batch", key, body)
+		if !ambiguous(a) {
+			return a, maybeSent
+		}
+		maybeSent = true
+		if try == batchReplays {
+			return a, true
+		}
+		wait := time.Duration(0)
+		if a.Err == nil { // Resend is still working on the first try
+			wait = min(max(httpsend.RetryAfter(a.Header, s.p.env.Now()), 200*time.Millisecond), maxReplayWait)
+		}
+		if !sleep(ctx, wait) {
+			return a, true
+		}
+	}
+}
+
+// sleep waits d or until ctx ends; false when ctx ended.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// batch sends first attempts as one /emails/batch call under
+// BatchKey(ids) and maps the answer back to the items.
 func (s *sender) batch(ctx context.Context, batch []message, ids []string, idx []int, res []sdk.Result) {
 	set := func(r sdk.Result) {
 		for _, i := range idx {
@@ -363,8 +463,27 @@ func (s *sender) batch(ctx context.Context, batch []message, ids []string, idx [
 		set(sdk.Retry(fmt.Errorf("not sent: %w", err)))
 		return
 	}
-	a := s.request(ctx, "/emails/batch", BatchKey(ids), batch)
+	body, _ := json.Marshal(batch)
+	a, maybeSent := s.batchCall(ctx, BatchKey(ids), body)
+	if maybeSent && a.Status != http.StatusOK {
+		// An earlier try may have been taken, and the host's retry would
+		// not carry this call's key: Unknown, not Retry.
+		what := "answer lost"
+		if a.Err != nil {
+			what = a.Err.Error()
+		} else {
+			_, what = errorOf(a)
+		}
+		r := sdk.Unknown(fmt.Errorf("posting /emails/batch: %s after %d tries; the batch may have been accepted (its idempotency key only replays this call)", what, batchReplays+1))
+		if a.Err == nil {
+			r = httpsend.WithAnswer(r, a)
+		}
+		r.Latency = a.Latency
+		set(r)
+		return
+	}
 	if a.Err != nil {
+		// Not sent: the request never left.
 		set(httpsend.TransportResult(a, "posting /emails/batch", true))
 		return
 	}
@@ -393,8 +512,8 @@ func (s *sender) batch(ctx context.Context, batch []message, ids []string, idx [
 		}
 	}
 	if err != nil || len(out.Data)+len(failed) != len(batch) {
-		// Retrying with the same key replays the answer: safe.
-		set(httpsend.WithAnswer(sdk.Retry(fmt.Errorf("unreadable batch answer for %d emails", len(batch))), a))
+		// Accepted, but which emails were created is not readable.
+		set(httpsend.WithAnswer(sdk.Unknown(fmt.Errorf("HTTP 200 with an unreadable batch answer for %d emails", len(batch))), a))
 		return
 	}
 	// data lists the created emails in request order, skipping the
@@ -407,8 +526,7 @@ func (s *sender) batch(ctx context.Context, batch []message, ids []string, idx [
 			res[i] = r
 			continue
 		}
-		r := httpsend.OK(out.Data[d].ID, a)
-		res[i] = r
+		res[i] = httpsend.OK(out.Data[d].ID, a)
 		d++
 	}
 }

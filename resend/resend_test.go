@@ -126,34 +126,114 @@ func TestThousandItemsTakeTenCallsRenderedPerItem(t *testing.T) {
 	}
 }
 
-func TestRetryOfSameChunkReplaysWithIdempotencyKey(t *testing.T) {
-	t.Parallel()
-	f, s := setup(t)
-	its := items(5)
-	first := s.Send(context.Background(), its)
-	for i := range its {
-		its[i].Attempt = 2
+// retries returns items with this attempt number.
+func retries(its []sdk.Item, attempt int) []sdk.Item {
+	out := append([]sdk.Item(nil), its...)
+	for i := range out {
+		out[i].Attempt = attempt
 	}
-	second := s.Send(context.Background(), its)
-	for i := range first {
-		if first[i].MessageID == "" || first[i].MessageID != second[i].MessageID {
-			t.Errorf("item %d: ids %q then %q, want the replayed id", i, first[i].MessageID, second[i].MessageID)
+	return out
+}
+
+// checkOnce checks that every result is OK and names the one message the
+// fake took for its item.
+func checkOnce(t *testing.T, f *providerfakes.Resend, its []sdk.Item, res []sdk.Result) {
+	t.Helper()
+	byKey := map[string][]string{}
+	for _, m := range f.Messages() {
+		byKey[m.Key] = append(byKey[m.Key], m.MessageID)
+	}
+	for i, r := range res {
+		ids := byKey[its[i].ID]
+		if r.Outcome != sdk.OutcomeOK || len(ids) != 1 || r.MessageID != ids[0] {
+			t.Errorf("item %d: %v %q (%v); the fake took %q", i, r.Outcome, r.MessageID, r.Err, ids)
 		}
-	}
-	if len(f.Messages()) != 5 || f.IdempotencyReplays() != 1 {
-		t.Errorf("fake took %d messages with %d replays, want 5 and 1", len(f.Messages()), f.IdempotencyReplays())
 	}
 }
 
-func TestChangedPayloadUnderSameKeyIsUnknown(t *testing.T) {
+func TestLostBatchAnswerIsReplayedInTheSameSend(t *testing.T) {
 	t.Parallel()
 	f, s := setup(t)
-	its := items(3)
-	s.Send(context.Background(), its)
+	f.LoseAnswers(1)
+	its := items(5)
+	checkOnce(t, f, its, s.Send(context.Background(), its))
+	if len(f.Messages()) != 5 || f.IdempotencyReplays() < 1 {
+		t.Errorf("fake took %d messages with %d replays, want 5 and at least 1", len(f.Messages()), f.IdempotencyReplays())
+	}
+	want := resend.BatchKey([]string{"itm_0000", "itm_0001", "itm_0002", "itm_0003", "itm_0004"})
+	for _, k := range f.IdempotencyKeys() {
+		if k != want {
+			t.Errorf("key %q, want the batch key %q on every try", k, want)
+		}
+	}
+}
+
+func TestBatchAnswerNeverArrivingIsUnknown(t *testing.T) {
+	t.Parallel()
+	f, s := setup(t)
+	f.LoseAnswers(1000)
+	for i, r := range s.Send(context.Background(), items(3)) {
+		if r.Outcome != sdk.OutcomeUnknown || !strings.Contains(r.Err.Error(), "may have been accepted") {
+			t.Errorf("item %d: %v (%v), want unknown", i, r.Outcome, r.Err)
+		}
+	}
+	if len(f.Messages()) != 3 || len(f.IdempotencyKeys()) < 3 {
+		t.Errorf("fake took %d messages in %d calls, want 3 in 3 or more tries", len(f.Messages()), len(f.IdempotencyKeys()))
+	}
+}
+
+func TestRetriesGoAloneUnderTheirItemKey(t *testing.T) {
+	t.Parallel()
+	f, s := setup(t)
+	its := items(4)
+	its[1].Attempt, its[3].Attempt = 2, 5
+	checkOnce(t, f, its, s.Send(context.Background(), its))
+	want := []string{resend.BatchKey([]string{"itm_0000", "itm_0002"}), resend.ItemKey("itm_0001"), resend.ItemKey("itm_0003")}
+	if got := f.IdempotencyKeys(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("keys %q, want %q", got, want)
+	}
+	if calls := f.Calls(); len(calls) != 3 || calls[0].Items != 2 || calls[1].Items != 1 || calls[2].Items != 1 {
+		t.Errorf("calls %+v, want a batch of 2 and two single calls", calls)
+	}
+}
+
+func TestLostRetryAnswerIsRetryAndTheNextAttemptReplays(t *testing.T) {
+	t.Parallel()
+	f, s := setup(t)
+	its := retries(items(2), 2)
+	f.LoseAnswers(1000)
+	for i, r := range s.Send(context.Background(), its) {
+		if r.Outcome != sdk.OutcomeRetry || !strings.Contains(r.Err.Error(), "idempotency key") {
+			t.Errorf("attempt 2, item %d: %v (%v), want retry", i, r.Outcome, r.Err)
+		}
+	}
+	f.LoseAnswers(0)
+	checkOnce(t, f, its, s.Send(context.Background(), retries(its, 3)))
+	if len(f.Messages()) != 2 || f.IdempotencyReplays() < 2 {
+		t.Errorf("fake took %d messages with %d replays, want 2 and at least 2", len(f.Messages()), f.IdempotencyReplays())
+	}
+	for _, k := range f.IdempotencyKeys() {
+		if k != resend.ItemKey("itm_0000") && k != resend.ItemKey("itm_0001") {
+			t.Errorf("key %q is not an item key", k)
+		}
+	}
+}
+
+func TestChangedPayloadUnderTheItemKeyIsUnknown(t *testing.T) {
+	t.Parallel()
+	f, s := setup(t)
+	its := retries(items(3), 2)
+	first := s.Send(context.Background(), its)
+	its = retries(its, 3)
 	its[1].Data = json.RawMessage(`{"to":"user1@example.com","first_name":"Changed"}`)
 	for i, r := range s.Send(context.Background(), its) {
-		if r.Outcome != sdk.OutcomeUnknown || r.StatusCode != 409 || !strings.Contains(r.Err.Error(), "invalid_idempotent_request") {
-			t.Errorf("item %d: %v %d %v", i, r.Outcome, r.StatusCode, r.Err)
+		switch {
+		case i == 1:
+			if r.Outcome != sdk.OutcomeUnknown || r.StatusCode != 409 || !strings.Contains(r.Err.Error(), "invalid_idempotent_request") {
+				t.Errorf("changed item: %v %d %v", r.Outcome, r.StatusCode, r.Err)
+			}
+		case r.Outcome != sdk.OutcomeOK || r.MessageID != first[i].MessageID:
+			t.Errorf("item %d: %v %q, want the replayed %q", i, r.Outcome, r.MessageID, first[i].MessageID)
 		}
 	}
 	if len(f.Messages()) != 3 {
@@ -161,14 +241,17 @@ func TestChangedPayloadUnderSameKeyIsUnknown(t *testing.T) {
 	}
 }
 
-func TestTimeoutAfterSendIsRetryThanksToKey(t *testing.T) {
+func TestKeysStayUnderResendLimit(t *testing.T) {
 	t.Parallel()
-	f, s := setup(t)
-	f.SetDelay(3 * time.Second) // the connection's timeout is 2s
-	for _, r := range s.Send(context.Background(), items(2)) {
-		if r.Outcome != sdk.OutcomeRetry {
-			t.Errorf("got %v (%v), want retry", r.Outcome, r.Err)
-		}
+	long := strings.Repeat("x", 300)
+	if k := resend.ItemKey(long); len(k) > 256 || k != resend.ItemKey(long) || k == resend.ItemKey(long+"y") {
+		t.Errorf("ItemKey of a 300-byte ID = %q (%d bytes)", k, len(k))
+	}
+	if k := resend.ItemKey("itm_1"); k != "bs-item-itm_1" {
+		t.Errorf("ItemKey(itm_1) = %q", k)
+	}
+	if resend.BatchKey([]string{"a", "b"}) == resend.BatchKey([]string{"b", "a"}) {
+		t.Error("BatchKey ignores the order")
 	}
 }
 

@@ -41,6 +41,8 @@ type Resend struct {
 	idem    map[string]idemEntry
 	bucket  *rate.Limiter
 	replays int
+	keys    []string
+	lose    int
 }
 
 type idemEntry struct {
@@ -105,6 +107,41 @@ func (f *Resend) rateHeaders(w http.ResponseWriter, remaining int) {
 	w.Header().Set("ratelimit-limit", strconv.Itoa(limit))
 	w.Header().Set("ratelimit-remaining", strconv.Itoa(max(remaining, 0)))
 	w.Header().Set("ratelimit-reset", "1")
+}
+
+// LoseAnswers makes the next n calls that reach the idempotency check do
+// their work as usual (emails created, replays served, the key stored) and
+// then lose the answer: the connection is cut before the status line, as
+// when a network path drops after Resend took the request.
+func (f *Resend) LoseAnswers(n int) {
+	f.imu.Lock()
+	f.lose = n
+	f.imu.Unlock()
+}
+
+// IdempotencyKeys returns the Idempotency-Key header of every call that
+// reached the idempotency check, in arrival order ("" for none).
+func (f *Resend) IdempotencyKeys() []string {
+	f.imu.Lock()
+	defer f.imu.Unlock()
+	return append([]string(nil), f.keys...)
+}
+
+// answer writes a JSON answer, or cuts the connection when LoseAnswers
+// says to lose it.
+func (f *Resend) answer(w http.ResponseWriter, status int, body []byte) {
+	f.imu.Lock()
+	lost := f.lose > 0
+	if lost {
+		f.lose--
+	}
+	f.imu.Unlock()
+	if lost {
+		panic(http.ErrAbortHandler)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
 }
 
 // ServeHTTP implements http.Handler.
@@ -183,6 +220,9 @@ func (f *Resend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	hash := sha256.Sum256(append([]byte(r.URL.Path+"\n"+r.Header.Get("x-batch-validation")+"\n"), raw...))
+	f.imu.Lock()
+	f.keys = append(f.keys, key)
+	f.imu.Unlock()
 	if key != "" {
 		f.imu.Lock()
 		e, seen := f.idem[key]
@@ -198,9 +238,7 @@ func (f *Resend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case seen:
 			f.replays++
 			f.imu.Unlock()
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(e.status)
-			_, _ = w.Write(e.body)
+			f.answer(w, e.status, e.body)
 			return
 		}
 		f.idem[key] = idemEntry{hash: hash}
@@ -216,9 +254,7 @@ func (f *Resend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		f.imu.Unlock()
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_, _ = w.Write(body)
+	f.answer(w, status, body)
 }
 
 // take counts a request against the rate: a token bucket refilling
