@@ -29,6 +29,7 @@ import (
 	"github.com/batchsender/batchsender/providers"
 	"github.com/batchsender/batchsender/secretbox"
 	"github.com/batchsender/batchsender/sqlite"
+	"github.com/batchsender/batchsender/unsubscribe"
 )
 
 func init() {
@@ -36,6 +37,7 @@ func init() {
 	// describes them as strings.
 	openapi3filter.RegisterBodyDecoder("application/x-ndjson", openapi3filter.PlainBodyDecoder)
 	openapi3filter.RegisterBodyDecoder("text/event-stream", openapi3filter.PlainBodyDecoder)
+	openapi3filter.RegisterBodyDecoder("text/html", openapi3filter.PlainBodyDecoder)
 }
 
 type countingWaker struct{ n atomic.Int64 }
@@ -79,6 +81,7 @@ type bundle struct {
 	maxBody      int64
 	maxUpl       int64
 	readyErr     error
+	unsub        *unsubscribe.Signer // signs links whose base is srv.URL
 }
 
 func (b *bundle) addSecret(s ...string) {
@@ -136,7 +139,12 @@ func setup(t testing.TB, opts ...setupOption) *bundle {
 	if b.box, err = secretbox.New(bytes.Repeat([]byte{7}, secretbox.KeySize)); err != nil {
 		t.Fatal(err)
 	}
-	cache := providers.NewCache(providers.Config{Unsealer: b.box, Logger: logger, AllowPrivateNetworks: b.allowPrivate})
+	// The listener first, so that unsubscribe links can point at it.
+	b.srv = httptest.NewUnstartedServer(nil) // listens on 127.0.0.1
+	base := "http://" + b.srv.Listener.Addr().String()
+	b.unsub = unsubscribe.NewSigner(bytes.Repeat([]byte{9}, 32), base)
+	cache := providers.NewCache(providers.Config{Unsealer: b.box, Logger: logger, AllowPrivateNetworks: b.allowPrivate,
+		PublicURL: base, Unsubscribe: b.unsub})
 	t.Cleanup(func() { _ = cache.Close() })
 	var waker interface{ Wake() } = b.waker
 	if b.runEngine {
@@ -171,8 +179,10 @@ func setup(t testing.TB, opts ...setupOption) *bundle {
 		Version:         "test-1",
 		EventsPoll:      20 * time.Millisecond,
 		EventsHeartbeat: 50 * time.Millisecond,
+		Unsubscribe:     b.unsub,
 	})
-	b.srv = httptest.NewServer(handler) // listens on 127.0.0.1
+	b.srv.Config.Handler = handler
+	b.srv.Start()
 	t.Cleanup(b.srv.Close)
 	t.Cleanup(func() {
 		logs := b.logs.String()

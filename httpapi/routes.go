@@ -23,6 +23,14 @@ func (s *server) routes(mux handleRegistrar) {
 	mux.Handle("GET /v1/modules", s.auth(s.handleModuleList()))
 	mux.Handle("POST /v1/templates/preview", s.auth(s.handleTemplatePreview()))
 
+	mux.Handle("GET /v1/suppressions", s.auth(s.handleSuppressionList()))
+	mux.Handle("POST /v1/suppressions", s.auth(s.handleSuppressionImport()))
+	mux.Handle("DELETE /v1/suppressions/{channel}/{address}", s.auth(s.handleSuppressionDelete()))
+
+	// Unsubscribe links carry a signed token instead of an API key.
+	mux.Handle("GET /u/{token}", s.handleUnsubscribePage())
+	mux.Handle("POST /u/{token}", s.handleUnsubscribe())
+
 	mux.Handle("POST /v1/connections", s.auth(s.handleConnectionCreate()))
 	mux.Handle("GET /v1/connections", s.auth(s.handleConnectionList()))
 	mux.Handle("GET /v1/connections/{id}", s.auth(s.handleConnectionGet()))

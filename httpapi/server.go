@@ -20,6 +20,7 @@ import (
 
 	"github.com/batchsender/batchsender"
 	"github.com/batchsender/batchsender/providers"
+	"github.com/batchsender/batchsender/unsubscribe"
 )
 
 // Defaults for Deps fields left zero.
@@ -63,6 +64,10 @@ type Deps struct {
 	// (DefaultEventsPoll when 0). Reading the store rather than listening
 	// in-process makes streams work whichever node does the work.
 	EventsPoll time.Duration
+	// Unsubscribe verifies the tokens of the one-click unsubscribe links
+	// (/u/{token}); the same signer must make them (providers.Config). Nil
+	// answers every link with 404.
+	Unsubscribe *unsubscribe.Signer
 	// EventsHeartbeat is how often an idle event stream sends a comment,
 	// so proxies keep it open (DefaultEventsHeartbeat when 0).
 	EventsHeartbeat time.Duration
