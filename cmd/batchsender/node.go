@@ -13,6 +13,7 @@ import (
 	"github.com/batchsender/batchsender/netguard"
 	"github.com/batchsender/batchsender/providers"
 	"github.com/batchsender/batchsender/secretbox"
+	"github.com/batchsender/batchsender/unsubscribe"
 )
 
 // nodeConfig is what every engine-running process (serve, worker) needs.
@@ -64,6 +65,7 @@ type node struct {
 	Box    *secretbox.Box
 	Cache  *providers.Cache
 	Engine *engine.Engine
+	Unsub  *unsubscribe.Signer // signs and checks unsubscribe links
 }
 
 // openNode opens the store and builds the engine. publicURL is where this
@@ -90,6 +92,7 @@ func openNode(ctx context.Context, cfg nodeConfig, logger *slog.Logger, exclusiv
 	if n.Box, err = secretbox.New(key); err != nil {
 		return n, fmt.Errorf("loading secrets key: %w", err)
 	}
+	n.Unsub = unsubscribe.NewSigner(key, publicURL)
 	n.Cache = providers.NewCache(providers.Config{
 		Unsealer:             n.Box,
 		Logger:               logger,
@@ -97,6 +100,7 @@ func openNode(ctx context.Context, cfg nodeConfig, logger *slog.Logger, exclusiv
 		AllowPrivateNetworks: cfg.AllowPrivate,
 		PublicURL:            publicURL,
 		Now:                  time.Now,
+		Unsubscribe:          n.Unsub,
 	})
 	n.Engine, err = engine.New(engine.Config{
 		// The store itself, not the openedStore wrapper: the engine looks

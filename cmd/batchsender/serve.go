@@ -108,8 +108,9 @@ func serve(ctx context.Context, cfg serveConfig, stdout, stderr io.Writer) (err 
 			}
 			return nil
 		},
-		Metrics: n.writeMetrics,
-		Version: version,
+		Metrics:     n.writeMetrics,
+		Version:     version,
+		Unsubscribe: n.Unsub,
 	})
 	// Event streams never go idle, so http.Server.Shutdown would wait for
 	// them until its timeout; they get a context that shutdown cancels.
