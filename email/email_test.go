@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/batchsender/batchsender/sdk"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -344,5 +346,40 @@ func TestPreview(t *testing.T) {
 	}
 	if m.MessageID != "<preview@example.com>" || !strings.Contains(m.HTML, "https://unsubscribe.invalid/u/preview") {
 		t.Errorf("preview %+v", m)
+	}
+}
+
+func TestProviderOptions(t *testing.T) {
+	t.Parallel()
+	env := sdk.Env{UnsubscribeURL: func(id, _ string) string { return "https://u.example/" + id }}
+	opts, err := ProviderOptions(&env, "unsub@example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env.Now == nil || opts.Now == nil || opts.UnsubscribeMailto != "unsub@example.com" || opts.UnsubscribeURL("i", "") != "https://u.example/i" {
+		t.Errorf("options %+v, env clock set: %v", opts, env.Now != nil)
+	}
+	if _, err := ProviderOptions(&env, "not an address"); err == nil || !strings.HasPrefix(err.Error(), "unsubscribe_mailto: ") {
+		t.Errorf("bad mailto: %v", err)
+	}
+}
+
+func TestUnsubscribeHeadersAndBodies(t *testing.T) {
+	t.Parallel()
+	m := &Message{HTML: "<p>Hi <b>Ann</b></p>"}
+	if h := m.UnsubscribeHeaders(); h != nil {
+		t.Errorf("no unsubscribe URL: %v", h)
+	}
+	m.ListUnsubscribe, m.ListUnsubscribeMailto = "https://u.example/1", "unsub@example.com"
+	h := m.UnsubscribeHeaders()
+	if len(h) != 2 || h[0].Value != "<https://u.example/1>, <mailto:unsub@example.com>" || h[1].Value != "List-Unsubscribe=One-Click" {
+		t.Errorf("headers %v", h)
+	}
+	if text, html := m.Bodies(); text != HTMLToText(m.HTML) || html != m.HTML || text == "" {
+		t.Errorf("bodies %q %q", text, html)
+	}
+	m.Text = "given"
+	if text, _ := m.Bodies(); text != "given" {
+		t.Errorf("text %q, want the template's", text)
 	}
 }

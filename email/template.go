@@ -88,6 +88,23 @@ type Options struct {
 	Now func() time.Time
 }
 
+// ProviderOptions returns the Options every email provider compiles its
+// batches' templates with: the host's unsubscribe URL and clock from env and
+// the connection's unsubscribe_mailto, checked here (the error starts
+// "unsubscribe_mailto: "). It sets env.Now to time.Now when the host gives
+// no clock, so that the provider and its templates share one.
+func ProviderOptions(env *sdk.Env, unsubscribeMailto string) (Options, error) {
+	if unsubscribeMailto != "" {
+		if _, err := ParseAddress(unsubscribeMailto); err != nil {
+			return Options{}, fmt.Errorf("unsubscribe_mailto: %w", err)
+		}
+	}
+	if env.Now == nil {
+		env.Now = time.Now
+	}
+	return Options{UnsubscribeURL: env.UnsubscribeURL, UnsubscribeMailto: unsubscribeMailto, Now: env.Now}, nil
+}
+
 // Compiled is a batch's email template, parsed once and rendered per item.
 // It is safe for concurrent use.
 type Compiled struct {

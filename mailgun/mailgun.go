@@ -92,6 +92,7 @@ type Provider struct {
 	timeout time.Duration
 	client  *http.Client
 	env     sdk.Env
+	opts    email.Options
 }
 
 // Info implements sdk.Provider. Mailgun publishes no fixed request rate
@@ -137,16 +138,13 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 	if err != nil {
 		return err
 	}
-	if cfg.UnsubscribeMailto != "" {
-		if _, err := email.ParseAddress(cfg.UnsubscribeMailto); err != nil {
-			return fmt.Errorf("config: unsubscribe_mailto: %w", err)
-		}
+	opts, err := email.ProviderOptions(&env, cfg.UnsubscribeMailto)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
 	}
 	p.timeout = cfg.Timeout.Or(DefaultTimeout)
-	if env.Now == nil {
-		env.Now = time.Now
-	}
 	p.cfg, p.key, p.env = cfg, sec.APIKey, env
+	p.opts = opts
 	p.url = u.String() + "/v3/" + url.PathEscape(cfg.Domain) + "/messages"
 	p.client = httpsend.NewClient(env, p.timeout)
 	return nil
@@ -154,11 +152,7 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 
 // Compile implements sdk.Provider.
 func (p *Provider) Compile(template json.RawMessage) (sdk.Sender, error) {
-	c, err := email.Compile(template, email.Options{
-		UnsubscribeURL:    p.env.UnsubscribeURL,
-		UnsubscribeMailto: p.cfg.UnsubscribeMailto,
-		Now:               p.env.Now,
-	})
+	c, err := email.Compile(template, p.opts)
 	if err != nil {
 		return nil, err
 	}

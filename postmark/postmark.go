@@ -77,6 +77,7 @@ type Provider struct {
 	timeout time.Duration
 	client  *http.Client
 	env     sdk.Env
+	opts    email.Options
 	log     *slog.Logger
 }
 
@@ -116,31 +117,24 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 	if err != nil {
 		return err
 	}
-	if cfg.UnsubscribeMailto != "" {
-		if _, err := email.ParseAddress(cfg.UnsubscribeMailto); err != nil {
-			return fmt.Errorf("config: unsubscribe_mailto: %w", err)
-		}
+	opts, err := email.ProviderOptions(&env, cfg.UnsubscribeMailto)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
 	}
 	p.timeout = cfg.Timeout.Or(DefaultTimeout)
-	if env.Now == nil {
-		env.Now = time.Now
-	}
 	p.log = env.Logger
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
 	p.cfg, p.token, p.url, p.env = cfg, sec.ServerToken, u.String(), env
+	p.opts = opts
 	p.client = httpsend.NewClient(env, p.timeout)
 	return nil
 }
 
 // Compile implements sdk.Provider.
 func (p *Provider) Compile(template json.RawMessage) (sdk.Sender, error) {
-	c, err := email.Compile(template, email.Options{
-		UnsubscribeURL:    p.env.UnsubscribeURL,
-		UnsubscribeMailto: p.cfg.UnsubscribeMailto,
-		Now:               p.env.Now,
-	})
+	c, err := email.Compile(template, p.opts)
 	if err != nil {
 		return nil, err
 	}

@@ -103,6 +103,7 @@ type Provider struct {
 	timeout time.Duration
 	client  *http.Client
 	env     sdk.Env
+	opts    email.Options
 	limiter *rate.Limiter
 }
 
@@ -141,10 +142,9 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 	if err != nil {
 		return err
 	}
-	if cfg.UnsubscribeMailto != "" {
-		if _, err := email.ParseAddress(cfg.UnsubscribeMailto); err != nil {
-			return fmt.Errorf("config: unsubscribe_mailto: %w", err)
-		}
+	opts, err := email.ProviderOptions(&env, cfg.UnsubscribeMailto)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
 	}
 	if cfg.RequestsPerSecond < 0 || cfg.RequestsPerSecond > 1000 {
 		return errors.New("config: requests_per_second: must be between 0 (default 2) and 1000")
@@ -154,21 +154,15 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 	}
 	p.limiter = rate.NewLimiter(rate.Limit(cfg.RequestsPerSecond), 1)
 	p.timeout = cfg.Timeout.Or(DefaultTimeout)
-	if env.Now == nil {
-		env.Now = time.Now
-	}
 	p.cfg, p.key, p.url, p.env = cfg, sec.APIKey, u.String(), env
+	p.opts = opts
 	p.client = httpsend.NewClient(env, p.timeout)
 	return nil
 }
 
 // Compile implements sdk.Provider.
 func (p *Provider) Compile(template json.RawMessage) (sdk.Sender, error) {
-	c, err := email.Compile(template, email.Options{
-		UnsubscribeURL:    p.env.UnsubscribeURL,
-		UnsubscribeMailto: p.cfg.UnsubscribeMailto,
-		Now:               p.env.Now,
-	})
+	c, err := email.Compile(template, p.opts)
 	if err != nil {
 		return nil, err
 	}

@@ -98,6 +98,7 @@ type Provider struct {
 	timeout time.Duration
 	client  *http.Client
 	env     sdk.Env
+	opts    email.Options
 }
 
 // Info implements sdk.Provider. SendGrid documents no request limit for
@@ -140,27 +141,20 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 	if len(cfg.Categories) > 10 {
 		return errors.New("config: categories: at most 10")
 	}
-	if cfg.UnsubscribeMailto != "" {
-		if _, err := email.ParseAddress(cfg.UnsubscribeMailto); err != nil {
-			return fmt.Errorf("config: unsubscribe_mailto: %w", err)
-		}
+	opts, err := email.ProviderOptions(&env, cfg.UnsubscribeMailto)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
 	}
 	p.timeout = cfg.Timeout.Or(DefaultTimeout)
-	if env.Now == nil {
-		env.Now = time.Now
-	}
 	p.cfg, p.key, p.url, p.env = cfg, sec.APIKey, u.String(), env
+	p.opts = opts
 	p.client = httpsend.NewClient(env, p.timeout)
 	return nil
 }
 
 // Compile implements sdk.Provider.
 func (p *Provider) Compile(template json.RawMessage) (sdk.Sender, error) {
-	c, err := email.Compile(template, email.Options{
-		UnsubscribeURL:    p.env.UnsubscribeURL,
-		UnsubscribeMailto: p.cfg.UnsubscribeMailto,
-		Now:               p.env.Now,
-	})
+	c, err := email.Compile(template, p.opts)
 	if err != nil {
 		return nil, err
 	}

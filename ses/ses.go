@@ -99,6 +99,7 @@ type Provider struct {
 	httpc   *http.Client
 	client  *sesv2.Client
 	env     sdk.Env
+	opts    email.Options
 }
 
 // Info implements sdk.Provider. DefaultRate: SES quotas are per account
@@ -153,16 +154,12 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 		}
 		base = aws.String(u.String())
 	}
-	if cfg.UnsubscribeMailto != "" {
-		if _, err := email.ParseAddress(cfg.UnsubscribeMailto); err != nil {
-			return fmt.Errorf("config: unsubscribe_mailto: %w", err)
-		}
+	opts, err := email.ProviderOptions(&env, cfg.UnsubscribeMailto)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
 	}
 	p.timeout = cfg.Timeout.Or(DefaultTimeout)
-	if env.Now == nil {
-		env.Now = time.Now
-	}
-	p.cfg, p.env = cfg, env
+	p.cfg, p.env, p.opts = cfg, env, opts
 	p.httpc = httpsend.NewClient(env, p.timeout)
 	// Built from explicit options, never from the process environment or
 	// shared config files: a connection's credentials are its own.
@@ -178,11 +175,7 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 
 // Compile implements sdk.Provider.
 func (p *Provider) Compile(template json.RawMessage) (sdk.Sender, error) {
-	c, err := email.Compile(template, email.Options{
-		UnsubscribeURL:    p.env.UnsubscribeURL,
-		UnsubscribeMailto: p.cfg.UnsubscribeMailto,
-		Now:               p.env.Now,
-	})
+	c, err := email.Compile(template, p.opts)
 	if err != nil {
 		return nil, err
 	}

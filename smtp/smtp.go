@@ -145,6 +145,7 @@ type Provider struct {
 	addr    string
 	tlsConf *tls.Config
 	env     sdk.Env
+	opts    email.Options
 	log     *slog.Logger
 	pool    *pool
 }
@@ -222,10 +223,9 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 	if strings.ContainsAny(c.HELO, " \r\n") {
 		return errors.New("config.helo: must be a host name")
 	}
-	if c.UnsubscribeMailto != "" {
-		if _, err := email.ParseAddress(c.UnsubscribeMailto); err != nil {
-			return fmt.Errorf("config.unsubscribe_mailto: %w", err)
-		}
+	opts, err := email.ProviderOptions(&env, c.UnsubscribeMailto)
+	if err != nil {
+		return fmt.Errorf("config.%w", err)
 	}
 	p.tlsConf = &tls.Config{ServerName: c.Host, MinVersion: tls.VersionTLS12}
 	if c.CAPEM != "" {
@@ -250,10 +250,8 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 	if env.Logger == nil {
 		env.Logger = slog.New(slog.DiscardHandler)
 	}
-	if env.Now == nil {
-		env.Now = time.Now
-	}
 	p.env = env
+	p.opts = opts
 	p.log = env.Logger
 	p.addr = net.JoinHostPort(c.Host, strconv.Itoa(c.Port))
 	p.pool = &pool{p: p, sem: make(chan struct{}, c.PoolSize)}
@@ -262,11 +260,7 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 
 // Compile compiles the batch's email template.
 func (p *Provider) Compile(template json.RawMessage) (sdk.Sender, error) {
-	c, err := email.Compile(template, email.Options{
-		UnsubscribeURL:    p.env.UnsubscribeURL,
-		UnsubscribeMailto: p.cfg.UnsubscribeMailto,
-		Now:               p.env.Now,
-	})
+	c, err := email.Compile(template, p.opts)
 	if err != nil {
 		return nil, err
 	}
