@@ -15,13 +15,22 @@
 //     the connection's concurrency slot, a token of the connection's rate
 //     limit and a slot of the process-wide MaxInFlight. It then takes, without
 //     waiting, the slots of as many more calls as are free and as the rate
-//     limits allow within claimHorizon, and only then claims as many items as
-//     those calls carry. Items are therefore never claimed ahead of capacity:
-//     a claimed item is sent at once, or after at most about claimHorizon of
-//     rate-limit wait, so its lease cannot run out while it waits. The
-//     semaphores are FIFO, and a runner queues for at most one slot at a
-//     time, so runners sharing a connection (and connections sharing the
-//     process) take turns: a huge batch cannot starve a small one.
+//     limits allow within claimHorizon. It hands those calls items from its
+//     queue; when the queue is empty it first claims the items of those
+//     calls plus a look-ahead: as many items as it started in the last
+//     second at its measured pace (at most an eighth of a lease's worth,
+//     within the rate budget, and never more than ClaimSize). Without the
+//     look-ahead a provider that sends one item per call (webhooks) frees
+//     slots one at a time, and each claim would be a write transaction for
+//     a handful of items. A claimed item therefore starts within about a
+//     second, at most about claimHorizon of rate-limit wait later; queued
+//     items whose lease is half over (the pace fell sharply) are given back
+//     and claimed again under a fresh lease. The semaphores are FIFO, and a
+//     runner queues for at most one slot at a time, so runners sharing a
+//     connection (and connections sharing the process) take turns: a huge
+//     batch cannot starve a small one. Queued items are in flight: after a
+//     pause or cancel up to a second's worth of them are still sent, as
+//     in-flight items finish.
 //   - Rates count Send calls, as sdk.Info.DefaultRate does: for a provider
 //     whose MaxChunk is 1 that is items per second. Buckets hold one token,
 //     so a limit of r per second also holds within any second.

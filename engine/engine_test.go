@@ -522,6 +522,28 @@ func TestEngine(t *testing.T) {
 		})
 	})
 
+	t.Run("ClaimsLookAheadOfFreeSlots", func(t *testing.T) {
+		t.Parallel()
+		// One item per call and 8 calls in flight: claiming only for free
+		// slots would take at most 8 items per claim. The runner claims
+		// what it starts within about a second at its measured pace.
+		f := setup(t, "test.single")
+		b := f.batch(t, 1500, batchsender.BatchRunning, batchsender.BatchOptions{})
+		e, _ := f.engine(t, engine.Config{})
+		f.waitStatus(t, b.ID, batchsender.BatchCompleted)
+		st := e.Stats()
+		if st.ItemsClaimed != 1500 || st.Claims == 0 {
+			t.Fatalf("stats = %+v, want 1500 items claimed", st)
+		}
+		if per := st.ItemsClaimed / st.Claims; per <= 16 {
+			t.Fatalf("%d items per claim (%d claims), want well over the 8 free slots", per, st.Claims)
+		}
+		if got := f.ctl.maxSeen.Load(); got > 8 {
+			t.Fatalf("max calls in flight = %d, want at most the connection's 8", got)
+		}
+		t.Logf("%d claims for 1500 items", st.Claims)
+	})
+
 	t.Run("SmallBatchIsNotStarvedByHugeOne", func(t *testing.T) {
 		t.Parallel()
 		f := setup(t, "test.chunked") // 4 calls of 10 items in flight

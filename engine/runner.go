@@ -39,6 +39,13 @@ type runner struct {
 	looping     bool
 	outstanding int // claimed items whose results are not written yet
 
+	// Used by the loop goroutine only: claimed items not yet handed to a
+	// call, all leased until queueLease, and the pace of starts.
+	queue      []batchsender.Item
+	queueLease time.Time
+	statusAt   time.Time // when the batch's status was last looked at
+	pace       pacer
+
 	dueMu sync.Mutex
 	dues  []time.Time // due times of retries this runner wrote, sorted, at most maxDues
 }
@@ -107,6 +114,13 @@ func (r *runner) untilDue(now time.Time) (time.Duration, bool) {
 // loop claims and sends until the batch is not runnable or ctx ends.
 func (r *runner) loop(ctx context.Context) {
 	defer r.e.loopEnded(r)
+	defer func() {
+		// Only when shutting down can the loop end with items queued.
+		if len(r.queue) > 0 {
+			r.releaseItems(r.queue)
+			r.queue = nil
+		}
+	}()
 	if !r.prepared {
 		if !r.prepare(ctx) {
 			return
@@ -255,9 +269,17 @@ func (r *runner) stillRunnable(ctx context.Context) bool {
 	return r.outstanding > 0
 }
 
-// claimAndSend takes slots for as many calls as can start now, claims the
-// items those calls carry and starts the calls. It returns how many items it
-// claimed.
+// claimAndSend takes slots for as many calls as can start now and starts
+// them with items from the runner's queue, claiming more items first when
+// the queue is empty. It returns how many items it claimed or started.
+//
+// A claim takes the items of the calls whose slots are held plus a
+// look-ahead: as many items as the runner started in the last
+// lookaheadHorizon at its measured pace (see lookahead). With a provider
+// that sends one item per call, slots free up one call at a time, and
+// claiming only for free slots would make most claims a write transaction
+// for a handful of items; the look-ahead makes claims large while keeping
+// every claimed item within about a second of its start.
 func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 	first, err := r.acquire(ctx)
 	if err != nil {
@@ -267,8 +289,12 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 	// More calls only as far as slots are free now and the rate limits
 	// allow within claimHorizon: claimed items never wait long for either.
 	maxCalls := (r.e.cfg.ClaimSize + r.maxChunk - 1) / r.maxChunk
-	if budget := r.rateBudget(r.e.now()); budget >= 0 {
+	budget := r.rateBudget(r.e.now())
+	if budget >= 0 {
 		maxCalls = min(maxCalls, 1+budget)
+	}
+	if len(r.queue) > 0 {
+		maxCalls = min(maxCalls, (len(r.queue)+r.maxChunk-1)/r.maxChunk)
 	}
 	for len(held) < maxCalls && r.tryAcquire() {
 		held = append(held, slots{})
@@ -279,48 +305,85 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 		}
 	}
 
-	limit := min(r.e.cfg.ClaimSize, len(held)*r.maxChunk)
 	now := r.e.now()
-	leaseUntil := now.Add(r.e.cfg.LeaseDuration)
-	items, err := r.e.store.ChunkClaim(ctx, batchsender.ChunkClaimParams{
-		BatchID:    r.batch.ID,
-		Owner:      r.e.cfg.NodeID,
-		Now:        now,
-		LeaseUntil: leaseUntil,
-		Limit:      limit,
-	})
-	if err != nil {
-		giveBackFrom(0)
-		if ctx.Err() != nil {
-			return 0, nil
-		}
-		return 0, fmt.Errorf("claiming a chunk: %w", err)
+	if len(r.queue) > 0 && r.queueLease.Sub(now) < r.e.cfg.LeaseDuration/2 {
+		// The pace dropped so far that queued items waited half their
+		// lease: give them back rather than send them with little lease
+		// left; they are claimed again under a fresh one.
+		r.log.Warn("giving back queued items whose lease is half over", slog.Int("items", len(r.queue)))
+		r.releaseItems(r.queue)
+		r.queue = nil
 	}
-	if len(items) == 0 {
+	if len(r.queue) > 0 && !r.queueStillRunnable(ctx, now) {
+		// Paused or cancelled: queued items were never sent; give them
+		// back (they become pending, or cancelled with their batch).
 		giveBackFrom(0)
+		r.releaseItems(r.queue)
+		r.queue = nil
 		return 0, nil
 	}
-	r.e.stats.claims.Add(1)
-	r.e.stats.itemsClaimed.Add(int64(len(items)))
-	r.e.mu.Lock()
-	r.outstanding += len(items)
-	r.e.mu.Unlock()
+	claimed := 0
+	if len(r.queue) == 0 {
+		ahead := r.lookahead(now)
+		if budget >= 0 {
+			// The first call's token is taken; the other held calls take
+			// theirs in schedule.
+			ahead = min(ahead, max(0, budget-(len(held)-1))*r.maxChunk)
+		}
+		limit := min(r.e.cfg.ClaimSize, len(held)*r.maxChunk+ahead)
+		leaseUntil := now.Add(r.e.cfg.LeaseDuration)
+		items, err := r.e.store.ChunkClaim(ctx, batchsender.ChunkClaimParams{
+			BatchID:    r.batch.ID,
+			Owner:      r.e.cfg.NodeID,
+			Now:        now,
+			LeaseUntil: leaseUntil,
+			Limit:      limit,
+		})
+		if err != nil {
+			giveBackFrom(0)
+			if ctx.Err() != nil {
+				return 0, nil
+			}
+			return 0, fmt.Errorf("claiming a chunk: %w", err)
+		}
+		if len(items) == 0 {
+			giveBackFrom(0)
+			return 0, nil
+		}
+		r.e.stats.claims.Add(1)
+		r.e.stats.itemsClaimed.Add(int64(len(items)))
+		r.e.mu.Lock()
+		r.outstanding += len(items)
+		r.e.mu.Unlock()
+		r.queue, r.queueLease = items, leaseUntil
+		claimed = len(items)
+	}
 
 	if ctx.Err() != nil {
 		// Shutting down between claim and send: give the items back.
 		giveBackFrom(0)
-		r.releaseItems(items)
-		return len(items), nil
+		r.releaseItems(r.queue)
+		r.queue = nil
+		return claimed, nil
 	}
 
-	// Spread the items evenly over the calls, each at most maxChunk.
+	// Take the held calls' share of the queue and spread it evenly over
+	// the calls, each at most maxChunk.
+	take := min(len(r.queue), len(held)*r.maxChunk)
+	items := r.queue[:take:take]
+	r.queue = r.queue[take:]
+	if len(r.queue) == 0 {
+		r.queue = nil
+	}
 	calls := (len(items) + r.maxChunk - 1) / r.maxChunk
 	now = r.e.now()
+	r.pace.add(now, len(items))
 	for i := 1; i < calls; i++ {
 		held[i].notBefore = r.schedule(now)
 	}
 	per, extra := len(items)/calls, len(items)%calls
 	start := 0
+	leaseUntil := r.queueLease
 	for i := range calls {
 		n := per
 		if i < extra {
@@ -339,7 +402,83 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 		}()
 	}
 	giveBackFrom(calls)
-	return len(items), nil
+	return max(claimed, len(items)), nil
+}
+
+// statusCheckEvery is how often a runner with queued items looks whether
+// its batch still runs, so that a pause or cancel holds back queued items
+// within about this long.
+const statusCheckEvery = 100 * time.Millisecond
+
+// queueStillRunnable reports whether the runner's batch is still running,
+// looking at most every statusCheckEvery. A store error counts as running:
+// the items are in flight under a lease either way.
+func (r *runner) queueStillRunnable(ctx context.Context, now time.Time) bool {
+	if now.Sub(r.statusAt) < statusCheckEvery && !now.Before(r.statusAt) {
+		return true
+	}
+	r.statusAt = now
+	b, err := r.e.store.BatchGetByID(ctx, r.batch.ProjectID, r.batch.ID)
+	if err != nil {
+		return !batchsender.IsNotFound(err)
+	}
+	return b.Status == batchsender.BatchRunning
+}
+
+// lookaheadHorizon is how far ahead of its pace a runner claims: the
+// longest a queued item should wait for its call.
+const lookaheadHorizon = claimHorizon
+
+// lookahead returns how many items beyond those of its held calls the
+// runner may claim: what it started in the last lookaheadHorizon at its
+// measured pace, and never more than an eighth of a lease's worth, so that
+// a queued item starts long before its lease runs out even if the pace
+// halves.
+func (r *runner) lookahead(now time.Time) int {
+	horizon := min(lookaheadHorizon, r.e.cfg.LeaseDuration/8)
+	return int(r.pace.perSecond(now) * horizon.Seconds())
+}
+
+// pacer measures how many items per second a runner starts. Only the
+// runner's loop goroutine uses it.
+type pacer struct {
+	t0   time.Time // start of the current window
+	n    int       // items started in the window
+	rate float64   // smoothed items per second of past windows
+}
+
+// paceWindow is the length of one measuring window of a pacer.
+const paceWindow = 250 * time.Millisecond
+
+// add records that n items started at now.
+func (p *pacer) add(now time.Time, n int) {
+	if p.t0.IsZero() || now.Before(p.t0) {
+		p.t0, p.n = now, 0
+	}
+	p.n += n
+	if d := now.Sub(p.t0); d >= paceWindow {
+		p.fold(float64(p.n) / d.Seconds())
+		p.t0, p.n = now, 0
+	}
+}
+
+func (p *pacer) fold(r float64) {
+	if p.rate == 0 {
+		p.rate = r
+		return
+	}
+	p.rate = (p.rate + r) / 2
+}
+
+// perSecond returns the smoothed pace. A window that has run long without
+// reaching its end (the runner was idle or slowed down) counts as it
+// stands, so a stale fast pace does not outlive a slowdown.
+func (p *pacer) perSecond(now time.Time) float64 {
+	if d := now.Sub(p.t0); !p.t0.IsZero() && d >= 2*paceWindow {
+		p.fold(float64(p.n) / d.Seconds())
+		p.t0, p.n = now, 0
+	}
+	return p.rate
 }
 
 // releaseItems gives claimed items back unsent, their attempt not counted.
