@@ -45,14 +45,13 @@ func NDJSON(r io.Reader, maxLine int) iter.Seq2[batchsender.NewItem, error] {
 				continue
 			}
 			row++
-			where := rowLine(row, line)
 			if len(b) > maxLine {
-				yield(batchsender.NewItem{}, batchsender.Errorf(batchsender.EINVALID, "%s: line longer than %d bytes", where, maxLine))
+				yield(batchsender.NewItem{}, batchsender.Errorf(batchsender.EINVALID, "%s: line longer than %d bytes", rowLine(row, line), maxLine))
 				return
 			}
 			data, err := objectLine(&buf, b)
 			if err != nil {
-				yield(batchsender.NewItem{}, batchsender.Errorf(batchsender.EINVALID, "%s: %v", where, err))
+				yield(batchsender.NewItem{}, batchsender.Errorf(batchsender.EINVALID, "%s: %v", rowLine(row, line), err))
 				return
 			}
 			if !yield(batchsender.NewItem{Data: data}, nil) {
@@ -70,10 +69,14 @@ func NDJSON(r io.Reader, maxLine int) iter.Seq2[batchsender.NewItem, error] {
 }
 
 // objectLine checks that b is one JSON object and returns it compacted in a
-// fresh slice.
+// fresh slice: by compactObject for the usual line, else by json.Compact,
+// which also words the error.
 func objectLine(buf *bytes.Buffer, b []byte) (json.RawMessage, error) {
 	if !utf8.Valid(b) {
 		return nil, errors.New("not valid UTF-8 (save the file as UTF-8)")
+	}
+	if out, ok := compactObject(make([]byte, 0, len(b)), b); ok {
+		return out, nil
 	}
 	buf.Reset()
 	if err := json.Compact(buf, b); err != nil {
