@@ -7,6 +7,7 @@ import (
 	"io"
 	"iter"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/batchsender/batchsender"
 )
@@ -87,11 +88,14 @@ func csvSeq(r io.Reader, maxRow int) iter.Seq2[batchsender.NewItem, error] {
 				fail(batchsender.Errorf(batchsender.EINVALID, "row %d (line %d): %d %s where the header has %d columns", row, line, len(rec), cells, plan.cols))
 				return
 			}
-			if !validUTF8(rec) {
+			buf = plan.root.encode(buf[:0], rec)
+			// One check of the encoded row rather than one per cell: every
+			// non-empty cell is in it byte for byte (escapes are ASCII),
+			// and the names were checked with the header.
+			if !utf8.Valid(buf) {
 				fail(batchsender.Errorf(batchsender.EINVALID, "row %d (line %d): not valid UTF-8 (save the file as UTF-8)", row, line))
 				return
 			}
-			buf = plan.root.encode(buf[:0], rec)
 			data := make([]byte, len(buf))
 			copy(data, buf)
 			if !yield(batchsender.NewItem{Data: data}, nil) {
