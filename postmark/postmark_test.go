@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -49,7 +48,7 @@ func TestConformance(t *testing.T) {
 		IdempotencyKeys: true,
 		RetryAfter:      true,
 		Timeout:         2 * time.Second,
-		Env:             func(env *sdk.Env) { env.UnsubscribeURL = unsub },
+		Env:             func(env *sdk.Env) { env.UnsubscribeURL = providerfakes.UnsubscribeURL },
 	})
 }
 
@@ -59,44 +58,18 @@ type started struct {
 	url string
 }
 
-func unsub(itemID, rcpt string) string { return "https://bs.example.com/u/" + itemID }
-
 func setup(t *testing.T) (*providerfakes.Postmark, sdk.Sender) {
 	t.Helper()
 	f := providerfakes.NewPostmark(token)
-	url := providerfakes.Start(t, f)
-	cfg, sec := connection(url)
-	p := new(postmark.Provider)
-	err := p.Provision(context.Background(), sdk.Env{Config: cfg, Secrets: sec, AllowPrivateNetworks: true,
-		Dialer: (&net.Dialer{}).DialContext, Now: time.Now, UnsubscribeURL: unsub})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Close() })
-	s, err := p.Compile(template)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return f, s
+	cfg, sec := connection(providerfakes.Start(t, f))
+	return f, providerfakes.Provision(t, new(postmark.Provider), cfg, sec, template)
 }
 
-func items(n int) []sdk.Item {
-	out := make([]sdk.Item, n)
-	for i := range out {
-		out[i] = sdk.Item{ID: fmt.Sprintf("itm_%04d", i), Seq: int64(i + 1), Attempt: 1, Data: item(i)}
-	}
-	return out
-}
+func items(n int) []sdk.Item { return providerfakes.Items(n, item) }
 
 // sendAll sends items in MaxChunk chunks as the engine would.
 func sendAll(s sdk.Sender, its []sdk.Item) []sdk.Result {
-	var res []sdk.Result
-	for len(its) > 0 {
-		n := min(len(its), postmark.MaxBatch)
-		res = append(res, s.Send(context.Background(), its[:n])...)
-		its = its[n:]
-	}
-	return res
+	return providerfakes.SendAll(s, its, postmark.MaxBatch)
 }
 
 func TestThousandItemsTakeTwoCallsRenderedPerItem(t *testing.T) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -40,8 +39,6 @@ type started struct {
 	url string
 }
 
-func unsub(itemID, rcpt string) string { return "https://bs.example.com/u/" + itemID }
-
 func TestConformance(t *testing.T) {
 	sdktest.Run(t, sdktest.Harness{
 		New: func() sdk.Provider { return new(resend.Provider) },
@@ -57,25 +54,14 @@ func TestConformance(t *testing.T) {
 		IdempotencyKeys: true,
 		RetryAfter:      true,
 		Timeout:         2 * time.Second,
-		Env:             func(env *sdk.Env) { env.UnsubscribeURL = unsub },
+		Env:             func(env *sdk.Env) { env.UnsubscribeURL = providerfakes.UnsubscribeURL },
 	})
 }
 
 func provision(t testing.TB, url string, tmpl json.RawMessage) sdk.Sender {
 	t.Helper()
 	cfg, sec := connection(url)
-	p := new(resend.Provider)
-	err := p.Provision(context.Background(), sdk.Env{Config: cfg, Secrets: sec, AllowPrivateNetworks: true,
-		Dialer: (&net.Dialer{}).DialContext, Now: time.Now, UnsubscribeURL: unsub})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Close() })
-	s, err := p.Compile(tmpl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return providerfakes.Provision(t, new(resend.Provider), cfg, sec, tmpl)
 }
 
 func setup(t *testing.T) (*providerfakes.Resend, sdk.Sender) {
@@ -84,22 +70,11 @@ func setup(t *testing.T) (*providerfakes.Resend, sdk.Sender) {
 	return f, provision(t, providerfakes.Start(t, f), template)
 }
 
-func items(n int) []sdk.Item {
-	out := make([]sdk.Item, n)
-	for i := range out {
-		out[i] = sdk.Item{ID: fmt.Sprintf("itm_%04d", i), Seq: int64(i + 1), Attempt: 1, Data: item(i)}
-	}
-	return out
-}
+func items(n int) []sdk.Item { return providerfakes.Items(n, item) }
 
+// sendAll sends items in MaxChunk chunks as the engine would.
 func sendAll(s sdk.Sender, its []sdk.Item) []sdk.Result {
-	var res []sdk.Result
-	for len(its) > 0 {
-		n := min(len(its), resend.MaxBatch)
-		res = append(res, s.Send(context.Background(), its[:n])...)
-		its = its[n:]
-	}
-	return res
+	return providerfakes.SendAll(s, its, resend.MaxBatch)
 }
 
 func TestThousandItemsTakeTenCallsRenderedPerItem(t *testing.T) {

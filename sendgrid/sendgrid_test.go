@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -39,8 +38,6 @@ type started struct {
 	url string
 }
 
-func unsub(itemID, rcpt string) string { return "https://bs.example.com/u/" + itemID }
-
 func TestConformance(t *testing.T) {
 	sdktest.Run(t, sdktest.Harness{
 		New: func() sdk.Provider { return new(sendgrid.Provider) },
@@ -57,25 +54,14 @@ func TestConformance(t *testing.T) {
 		IdempotencyKeys: false,
 		RetryAfter:      true,
 		Timeout:         3 * time.Second,
-		Env:             func(env *sdk.Env) { env.UnsubscribeURL = unsub },
+		Env:             func(env *sdk.Env) { env.UnsubscribeURL = providerfakes.UnsubscribeURL },
 	})
 }
 
 func provision(t testing.TB, url string, tmpl json.RawMessage) sdk.Sender {
 	t.Helper()
 	cfg, sec := connection(url)
-	p := new(sendgrid.Provider)
-	err := p.Provision(context.Background(), sdk.Env{Config: cfg, Secrets: sec, AllowPrivateNetworks: true,
-		Dialer: (&net.Dialer{}).DialContext, Now: time.Now, UnsubscribeURL: unsub})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Close() })
-	s, err := p.Compile(tmpl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return providerfakes.Provision(t, new(sendgrid.Provider), cfg, sec, tmpl)
 }
 
 func setup(t *testing.T, tmpl json.RawMessage) (*providerfakes.SendGrid, sdk.Sender) {
@@ -84,13 +70,7 @@ func setup(t *testing.T, tmpl json.RawMessage) (*providerfakes.SendGrid, sdk.Sen
 	return f, provision(t, providerfakes.Start(t, f), tmpl)
 }
 
-func items(n int) []sdk.Item {
-	out := make([]sdk.Item, n)
-	for i := range out {
-		out[i] = sdk.Item{ID: fmt.Sprintf("itm_%04d", i), Seq: int64(i + 1), Attempt: 1, Data: item(i)}
-	}
-	return out
-}
+func items(n int) []sdk.Item { return providerfakes.Items(n, item) }
 
 func allOK(t *testing.T, res []sdk.Result) {
 	t.Helper()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -43,8 +42,6 @@ type started struct {
 	url string
 }
 
-func unsub(itemID, rcpt string) string { return "https://bs.example.com/u/" + itemID }
-
 func TestConformance(t *testing.T) {
 	sdktest.Run(t, sdktest.Harness{
 		New: func() sdk.Provider { return new(ses.Provider) },
@@ -60,25 +57,14 @@ func TestConformance(t *testing.T) {
 		IdempotencyKeys: true,  // the tag reaches the fake and bulk answers are per entry
 		RetryAfter:      false, // SES sends no Retry-After
 		Timeout:         2 * time.Second,
-		Env:             func(env *sdk.Env) { env.UnsubscribeURL = unsub },
+		Env:             func(env *sdk.Env) { env.UnsubscribeURL = providerfakes.UnsubscribeURL },
 	})
 }
 
 func provision(t testing.TB, url string, tmpl json.RawMessage) sdk.Sender {
 	t.Helper()
 	cfg, sec := connection(url)
-	p := new(ses.Provider)
-	err := p.Provision(context.Background(), sdk.Env{Config: cfg, Secrets: sec, AllowPrivateNetworks: true,
-		Dialer: (&net.Dialer{}).DialContext, Now: time.Now, UnsubscribeURL: unsub})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Close() })
-	s, err := p.Compile(tmpl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return providerfakes.Provision(t, new(ses.Provider), cfg, sec, tmpl)
 }
 
 func setup(t *testing.T, tmpl json.RawMessage) (*providerfakes.SES, sdk.Sender) {
@@ -87,22 +73,11 @@ func setup(t *testing.T, tmpl json.RawMessage) (*providerfakes.SES, sdk.Sender) 
 	return f, provision(t, providerfakes.Start(t, f), tmpl)
 }
 
-func items(n int) []sdk.Item {
-	out := make([]sdk.Item, n)
-	for i := range out {
-		out[i] = sdk.Item{ID: fmt.Sprintf("itm_%04d", i), Seq: int64(i + 1), Attempt: 1, Data: item(i)}
-	}
-	return out
-}
+func items(n int) []sdk.Item { return providerfakes.Items(n, item) }
 
+// sendAll sends items in MaxChunk chunks as the engine would.
 func sendAll(s sdk.Sender, its []sdk.Item) []sdk.Result {
-	var res []sdk.Result
-	for len(its) > 0 {
-		n := min(len(its), ses.MaxBulk)
-		res = append(res, s.Send(context.Background(), its[:n])...)
-		its = its[n:]
-	}
-	return res
+	return providerfakes.SendAll(s, its, ses.MaxBulk)
 }
 
 func TestBulkCallsRenderedPerItem(t *testing.T) {
