@@ -499,9 +499,16 @@ func (r *racer) riverSQLite(ctx context.Context) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
+	// Progress is read on a connection of its own: in WAL mode a reader
+	// neither waits for River's one connection nor holds it up.
+	reader, err := sql.Open("sqlite", "file:"+path+"?mode=ro&_pragma=busy_timeout(10000)")
+	if err != nil {
+		return result{}, err
+	}
+	defer reader.Close()
 	completed := func(ctx context.Context) (int, error) {
 		var n int
-		err := db.QueryRowContext(ctx, `SELECT count(*) FROM river_job WHERE state = 'completed'`).Scan(&n)
+		err := reader.QueryRowContext(ctx, `SELECT count(*) FROM river_job WHERE state = 'completed'`).Scan(&n)
 		return n, err
 	}
 	return r.river(ctx, "river-sqlite", client, completed)
