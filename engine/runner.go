@@ -516,6 +516,11 @@ func (r *runner) call(s slots, items []batchsender.Item, leaseUntil time.Time) {
 	ctx, cancel := context.WithTimeout(r.e.sendCtx, max(timeout, time.Second))
 	defer cancel()
 
+	items, settled := r.sendable(ctx, items) // suppressed recipients are skipped, not sent
+	if len(items) == 0 {
+		r.e.comp.push(r, settled)
+		return
+	}
 	in := make([]sdk.Item, len(items))
 	for i, it := range items {
 		in[i] = sdk.Item{ID: it.ID, Seq: it.Seq, Attempt: it.Attempts, Data: it.Data}
@@ -549,7 +554,7 @@ func (r *runner) call(s slots, items []batchsender.Item, leaseUntil time.Time) {
 	for i, it := range items {
 		out[i] = r.classify(it, results[i], started, ended.Sub(started), ended)
 	}
-	r.e.comp.push(r, out)
+	r.e.comp.push(r, append(out, settled...))
 }
 
 // safeSend calls Send, turning a panic into a value and the stack where it
