@@ -68,9 +68,15 @@ func (s *server) observe(next http.Handler) http.Handler {
 			route = "unmatched"
 		}
 		s.metrics.observe(route, sw.status, elapsed)
+		path := r.URL.Path
+		if strings.HasPrefix(path, "/u/") || strings.Contains(route, "{address}") {
+			// An unsubscribe token is a credential, and it and suppression
+			// paths name a person's address: neither belongs in the log.
+			path = "(redacted)"
+		}
 		attrs := []slog.Attr{
 			slog.String("method", r.Method),
-			slog.String("path", r.URL.Path),
+			slog.String("path", path),
 			slog.String("route", route),
 			slog.Int("status", sw.status),
 			slog.Int64("bytes", sw.bytes),

@@ -148,6 +148,10 @@ func TestUnsubscribeLink(t *testing.T) {
 		t.Fatalf("suppressions after unsubscribe = %+v", got)
 	}
 
+	if strings.Contains(b.logs.String(), strings.TrimPrefix(path, "/u/")) {
+		t.Fatal("the request log shows the unsubscribe token")
+	}
+
 	// Forged, altered and foreign tokens are all the same 404.
 	token := strings.TrimPrefix(path, "/u/")
 	payload, sig, _ := strings.Cut(token, ".")
