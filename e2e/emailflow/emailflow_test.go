@@ -326,5 +326,3 @@ func checkMultipart(t *testing.T, m *mail.Message) {
 		t.Fatalf("parts %v", types)
 	}
 }
-
-
