@@ -28,7 +28,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptrace"
-	"strings"
+	"net/mail"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -195,22 +195,29 @@ type sender struct {
 	tmpl *email.Compiled
 }
 
-// ValidateItem renders the item without sending it. SES refuses non-ASCII
-// local parts (no SMTPUTF8), so they are caught here.
+// ValidateItem renders the item without sending it. SES takes only 7-bit
+// ASCII addresses (no SMTPUTF8; international domains in punycode), in any
+// address of the message, so others are caught here.
 func (s *sender) ValidateItem(data json.RawMessage) error {
-	if err := s.tmpl.ValidateItem(data); err != nil {
+	m, err := s.tmpl.Preview(data)
+	if err != nil {
 		return err
 	}
-	var v struct {
-		To string `json:"to"`
-	}
-	_ = json.Unmarshal(data, &v)
-	if a, err := email.ParseAddress(v.To); err == nil {
-		if at := strings.LastIndexByte(a.Address, '@'); at > 0 && !isASCII(a.Address[:at]) {
-			return fmt.Errorf("to: %q: SES accepts only ASCII before the @", a.Address)
+	check := func(field string, as []mail.Address) error {
+		for _, a := range as {
+			if !isASCII(a.Address) {
+				return fmt.Errorf("%s: %q: SES accepts only ASCII addresses (no SMTPUTF8; write an international domain in punycode, xn--...)", field, a.Address)
+			}
 		}
+		return nil
 	}
-	return nil
+	if err := check("to", m.To); err != nil {
+		return err
+	}
+	if err := check("from", []mail.Address{m.From}); err != nil {
+		return err
+	}
+	return check("reply_to", m.ReplyTo)
 }
 
 func isASCII(s string) bool {

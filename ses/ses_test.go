@@ -211,6 +211,21 @@ func TestValidateItemRejectsBadInput(t *testing.T) {
 			t.Errorf("ValidateItem(%s) passed", bad)
 		}
 	}
+	for bad, field := range map[string]string{
+		`{"to":"jörg@example.com","first_name":"A"}`:                            "to: ",
+		`{"to":"a@example.com","from":"jörg@example.com","first_name":"A"}`:     "from: ",
+		`{"to":"a@example.com","reply_to":"jörg@example.com","first_name":"A"}`: "reply_to: ",
+	} {
+		if err := s.ValidateItem(json.RawMessage(bad)); err == nil || !strings.HasPrefix(err.Error(), field) || !strings.Contains(err.Error(), "ASCII") {
+			t.Errorf("ValidateItem(%s) = %v, want a %sASCII error", bad, err, field)
+		}
+	}
+	if err := s.ValidateItem(json.RawMessage(`{"to":"a@exämple.com","first_name":"A"}`)); err == nil || !strings.Contains(err.Error(), "punycode") {
+		t.Errorf("a non-ASCII domain: %v, want an error pointing to punycode", err)
+	}
+	if err := s.ValidateItem(json.RawMessage(`{"to":"a@xn--exmple-cua.com","first_name":"A"}`)); err != nil {
+		t.Errorf("a punycode domain: %v", err)
+	}
 	if len(f.Calls()) != 0 {
 		t.Error("validation called the API")
 	}
