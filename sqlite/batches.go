@@ -78,10 +78,17 @@ type batchRef struct {
 // batchRefGet looks a visible batch up by ID; projectID "" matches any
 // project.
 func batchRefGet(ctx context.Context, q queryer, projectID, id string) (batchRef, error) {
+	return scanBatchRef(q.QueryRowContext(ctx, batchRefSQL, id, projectID, projectID), id)
+}
+
+// batchRefSQL reads a batchRef (id, project ID or "", project ID again).
+const batchRefSQL = `SELECT bkey, project_id, status, total, ingesting FROM batches
+		WHERE id = ? AND (? = '' OR project_id = ?) AND ingesting <> 1`
+
+// scanBatchRef reads the row of batchRefSQL for the batch id.
+func scanBatchRef(row *sql.Row, id string) (batchRef, error) {
 	r := batchRef{id: id}
-	err := q.QueryRowContext(ctx, `SELECT bkey, project_id, status, total, ingesting FROM batches
-		WHERE id = ? AND (? = '' OR project_id = ?) AND ingesting <> 1`,
-		id, projectID, projectID).Scan(&r.key, &r.projectID, &r.status, &r.total, &r.ingesting)
+	err := row.Scan(&r.key, &r.projectID, &r.status, &r.total, &r.ingesting)
 	if errors.Is(err, sql.ErrNoRows) {
 		return r, batchsender.Errorf(batchsender.ENOTFOUND, "batch %q not found", id)
 	}

@@ -160,7 +160,9 @@ func (s *Store) ChunkClaim(ctx context.Context, p batchsender.ChunkClaimParams) 
 	now := ms(p.Now)
 	items := []batchsender.Item{}
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		ref, err := batchRefGet(ctx, tx, "", p.BatchID)
+		refStmt := tx.StmtContext(ctx, s.st.batchRef)
+		defer refStmt.Close()
+		ref, err := scanBatchRef(refStmt.QueryRowContext(ctx, p.BatchID, "", ""), p.BatchID)
 		if batchsender.IsNotFound(err) {
 			return nil
 		}
@@ -259,11 +261,12 @@ const (
 	attemptCols = 9
 )
 
-// attemptInsertSQL records n attempts. OR REPLACE: the same attempt
-// written twice (same item, start and number) is kept once.
+// attemptInsertSQL records up to n attempts; rows whose item ID is empty
+// are padding and skipped. OR REPLACE: the same attempt written twice (same
+// item, start and number) is kept once.
 func attemptInsertSQL(n int) string {
 	return `INSERT OR REPLACE INTO attempts (item_id, started_at, number, batch_key, latency_ns, outcome,
-		status_code, response, error) VALUES ` + valuesList(n, attemptCols)
+		status_code, response, error) SELECT * FROM (VALUES ` + valuesList(n, attemptCols) + `) WHERE column1 <> ''`
 }
 
 // countDelta accumulates per-batch count changes within one transaction,
@@ -362,16 +365,15 @@ type resultWriter struct {
 	delta       countDelta
 	args        []any
 	attemptArgs []any
-	results     *sql.Stmt // transaction-bound s.st.results
-	attempts    *sql.Stmt // transaction-bound s.st.attempts
+	results     [len(writeSizes)]*sql.Stmt // transaction-bound s.st.results
+	attempts    [len(writeSizes)]*sql.Stmt // transaction-bound s.st.attempts
 }
 
 func (w *resultWriter) close() {
-	if w.results != nil {
-		_ = w.results.Close()
-	}
-	if w.attempts != nil {
-		_ = w.attempts.Close()
+	for _, st := range append(w.results[:], w.attempts[:]...) {
+		if st != nil {
+			_ = st.Close()
+		}
 	}
 }
 
@@ -392,16 +394,15 @@ func (w *resultWriter) writeRound(ctx context.Context, round []batchsender.ItemR
 			}
 			w.args = append(w.args, r.ItemID, r.Owner, string(r.Status), next, r.Error, r.ProviderMessageID, r.Units)
 		}
-		var rows *sql.Rows
-		var err error
-		if len(chunk) == resultRows {
-			if w.results == nil {
-				w.results = w.tx.StmtContext(ctx, w.s.st.results)
-			}
-			rows, err = w.results.QueryContext(ctx, w.args...)
-		} else {
-			rows, err = w.tx.QueryContext(ctx, resultSQL(len(chunk)), w.args...)
+		// Padding rows name no item, so they match nothing.
+		k := writeSize(len(chunk))
+		for range writeSizes[k] - len(chunk) {
+			w.args = append(w.args, "", "", string(batchsender.ItemPending), w.now, "", "", 0)
 		}
+		if w.results[k] == nil {
+			w.results[k] = w.tx.StmtContext(ctx, w.s.st.results[k])
+		}
+		rows, err := w.results[k].QueryContext(ctx, w.args...)
 		if err != nil {
 			return 0, fmt.Errorf("writing item results: %w", err)
 		}
@@ -452,15 +453,15 @@ func (w *resultWriter) flushAttempts(ctx context.Context) error {
 	if rows == 0 {
 		return nil
 	}
-	var err error
-	if rows == attemptRows {
-		if w.attempts == nil {
-			w.attempts = w.tx.StmtContext(ctx, w.s.st.attempts)
-		}
-		_, err = w.attempts.ExecContext(ctx, w.attemptArgs...)
-	} else {
-		_, err = w.tx.ExecContext(ctx, attemptInsertSQL(rows), w.attemptArgs...)
+	// Padding rows have an empty item ID, which the statement skips.
+	k := writeSize(rows)
+	for range writeSizes[k] - rows {
+		w.attemptArgs = append(w.attemptArgs, "", 0, 0, 0, 0, "", 0, "", "")
 	}
+	if w.attempts[k] == nil {
+		w.attempts[k] = w.tx.StmtContext(ctx, w.s.st.attempts[k])
+	}
+	_, err := w.attempts[k].ExecContext(ctx, w.attemptArgs...)
 	if err != nil {
 		return fmt.Errorf("recording attempts: %w", err)
 	}

@@ -56,19 +56,44 @@ type Store struct {
 // longer to parse than to run.
 type stmts struct {
 	insertItems *sql.Stmt // itemInsertRows items
+	batchRef    *sql.Stmt // batchRefSQL, for claims
 	claim       *sql.Stmt
-	results     *sql.Stmt // resultRows results
-	attempts    *sql.Stmt // attemptRows attempts
+	results     [len(writeSizes)]*sql.Stmt // writeSizes[i] results
+	attempts    [len(writeSizes)]*sql.Stmt // writeSizes[i] attempts
 	counts      *sql.Stmt
 	complete    *sql.Stmt
 }
 
+// writeSizes are the row counts of the prepared result and attempt
+// statements. A write of n rows uses the smallest that holds them and pads
+// the rest with rows that change nothing: preparing a statement for each n
+// cost more than running it.
+var writeSizes = [...]int{16, 64, resultRows}
+
+// writeSize returns the index in writeSizes of the smallest size that
+// holds n rows; n is at most resultRows.
+func writeSize(n int) int {
+	for i, size := range writeSizes {
+		if n <= size {
+			return i
+		}
+	}
+	return len(writeSizes) - 1
+}
+
 func (st *stmts) all() []**sql.Stmt {
-	return []**sql.Stmt{&st.insertItems, &st.claim, &st.results, &st.attempts, &st.counts, &st.complete}
+	out := []**sql.Stmt{&st.insertItems, &st.batchRef, &st.claim, &st.counts, &st.complete}
+	for i := range writeSizes {
+		out = append(out, &st.results[i], &st.attempts[i])
+	}
+	return out
 }
 
 func (st *stmts) prepare(ctx context.Context, w *sql.DB) error {
-	texts := []string{itemInsertSQL(itemInsertRows), claimSQL, resultSQL(resultRows), attemptInsertSQL(attemptRows), countsSQL, completeSQL}
+	texts := []string{itemInsertSQL(itemInsertRows), batchRefSQL, claimSQL, countsSQL, completeSQL}
+	for _, size := range writeSizes {
+		texts = append(texts, resultSQL(size), attemptInsertSQL(size))
+	}
 	for i, p := range st.all() {
 		var err error
 		if *p, err = w.PrepareContext(ctx, texts[i]); err != nil {
