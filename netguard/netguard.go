@@ -231,3 +231,24 @@ func Dialer(allowPrivate bool, timeout time.Duration) func(ctx context.Context, 
 		return d.DialContext(ctx, network, address)
 	}
 }
+
+// CheckRemote wraps a dial function with a second check, after connecting,
+// of the address the connection actually reached: the guard then holds
+// even when the host hands over a dialer that does not check (a plain
+// net.Dialer). A refused connection is closed before anything is written
+// on it, and its error is a *net.OpError for which IsBlocked is true.
+func CheckRemote(dial func(ctx context.Context, network, address string) (net.Conn, error), allowPrivate bool) func(ctx context.Context, network, address string) (net.Conn, error) {
+	return func(ctx context.Context, network, address string) (net.Conn, error) {
+		c, err := dial(ctx, network, address)
+		if err != nil {
+			return nil, err
+		}
+		if ap, perr := netip.ParseAddrPort(c.RemoteAddr().String()); perr == nil {
+			if err := CheckPolicy(ap.Addr(), allowPrivate); err != nil {
+				_ = c.Close()
+				return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+			}
+		}
+		return c, nil
+	}
+}

@@ -322,3 +322,23 @@ func FuzzCheck(f *testing.F) {
 		}
 	})
 }
+
+func TestCheckRemoteJudgesTheAddressReached(t *testing.T) {
+	t.Parallel()
+	addr := listen(t)
+	plain := (&net.Dialer{Timeout: 2 * time.Second}).DialContext
+	conn, err := CheckRemote(plain, false)(context.Background(), "tcp", addr)
+	if err == nil {
+		_ = conn.Close()
+		t.Fatal("a plain dialer reached loopback through CheckRemote under the default policy")
+	}
+	var op *net.OpError
+	if !IsBlocked(err) || !errors.As(err, &op) || !strings.Contains(err.Error(), "loopback") {
+		t.Fatalf("error = %v, want a blocked *net.OpError naming loopback", err)
+	}
+	conn, err = CheckRemote(plain, true)(context.Background(), "tcp", addr)
+	if err != nil {
+		t.Fatalf("with private networks allowed: %v", err)
+	}
+	_ = conn.Close()
+}

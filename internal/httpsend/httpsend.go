@@ -12,10 +12,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptrace"
-	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -112,24 +110,10 @@ func NewClient(env sdk.Env, timeout time.Duration) *http.Client {
 	if dial == nil {
 		dial = netguard.Dialer(env.AllowPrivateNetworks, timeout)
 	}
-	allow := env.AllowPrivateNetworks
-	guarded := func(ctx context.Context, network, address string) (net.Conn, error) {
-		c, err := dial(ctx, network, address)
-		if err != nil {
-			return nil, err
-		}
-		if ap, perr := netip.ParseAddrPort(c.RemoteAddr().String()); perr == nil {
-			if err := netguard.CheckPolicy(ap.Addr(), allow); err != nil {
-				_ = c.Close()
-				return nil, &net.OpError{Op: "dial", Net: network, Err: err}
-			}
-		}
-		return c, nil
-	}
 	return &http.Client{
 		Transport: &http.Transport{
 			Proxy:                  nil, // the guard judges the provider's address, not a proxy's
-			DialContext:            guarded,
+			DialContext:            netguard.CheckRemote(dial, env.AllowPrivateNetworks),
 			ForceAttemptHTTP2:      true,
 			MaxIdleConnsPerHost:    32,
 			IdleConnTimeout:        90 * time.Second,

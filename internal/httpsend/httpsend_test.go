@@ -1,13 +1,17 @@
 package httpsend
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/batchsender/batchsender/netguard"
 	"github.com/batchsender/batchsender/sdk"
 )
 
@@ -123,5 +127,24 @@ func TestDuration(t *testing.T) {
 	}
 	if b, _ := json.Marshal(Duration(90 * time.Second)); string(b) != `"1m30s"` {
 		t.Errorf("marshal = %s", b)
+	}
+}
+
+func TestNewClientChecksTheAddressReached(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}))
+	defer srv.Close()
+	plain := (&net.Dialer{}).DialContext
+	for _, allow := range []bool{false, true} {
+		c := NewClient(sdk.Env{Dialer: plain, AllowPrivateNetworks: allow}, 2*time.Second)
+		req, _ := http.NewRequest(http.MethodPost, srv.URL, nil)
+		a := Do(context.Background(), c, 2*time.Second, req)
+		c.CloseIdleConnections()
+		switch {
+		case !allow && (a.Err == nil || !netguard.IsBlocked(a.Err) || a.Left):
+			t.Errorf("loopback under the default policy: %+v, want blocked before the request left", a)
+		case allow && (a.Err != nil || a.Status != http.StatusOK):
+			t.Errorf("loopback with private networks allowed: %+v", a)
+		}
 	}
 }
