@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -228,10 +229,18 @@ func classifyError(ctx, reqCtx context.Context, err error, timeout time.Duration
 		return sdk.Permanent(fmt.Errorf("not sent: %w", blocked))
 	case ctx.Err() != nil:
 		return sdk.Retry(fmt.Errorf("interrupted: %w", ctx.Err()))
-	case errors.Is(reqCtx.Err(), context.DeadlineExceeded):
+	case errors.Is(reqCtx.Err(), context.DeadlineExceeded), isTimeout(err):
+		// The transport's own timeouts (TLS handshake, response headers)
+		// equal the request's and may fire a moment before its context.
 		return sdk.Retry(fmt.Errorf("timed out after %s", timeout))
 	}
 	return sdk.Retry(fmt.Errorf("sending request: %w", err))
+}
+
+// isTimeout reports whether err is a network timeout.
+func isTimeout(err error) bool {
+	ne, ok := errors.AsType[net.Error](err)
+	return ok && ne.Timeout()
 }
 
 // classifyResponse maps a status code to an outcome, following the
