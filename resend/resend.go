@@ -254,15 +254,19 @@ func tagValue(s string) string {
 	return string(b)
 }
 
-// BatchKey returns the Idempotency-Key of a batch call carrying items with
-// these IDs, in this order.
+// BatchKey returns the Idempotency-Key of a batch call carrying the first
+// attempts of items with these IDs, in this order: "bs-batch-" and 32 hex
+// digits of SHA-256 over the IDs joined by newlines. It replays only a
+// repeat of the same call (the provider repeats a call whose answer was
+// lost); later attempts go alone under ItemKey.
 func BatchKey(ids []string) string {
 	h := sha256.Sum256([]byte(strings.Join(ids, "\n")))
 	return "bs-batch-" + hex.EncodeToString(h[:16])
 }
 
-// ItemKey returns the Idempotency-Key of a single-email call for an item:
-// "bs-item-" + its ID (hashed if that would pass Resend's 256 characters).
+// ItemKey returns the Idempotency-Key of a single-email call for an item,
+// the same on every attempt: "bs-item-" + its ID (hashed if that would pass
+// Resend's 256 characters).
 func ItemKey(id string) string {
 	if len(id) > 240 {
 		h := sha256.Sum256([]byte(id))
