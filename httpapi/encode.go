@@ -104,7 +104,7 @@ func internalProblem(r *http.Request) problem {
 
 // writeProblem writes a problem document.
 func (s *server) writeProblem(w http.ResponseWriter, r *http.Request, p problem) {
-	if p.Status == http.StatusUnauthorized {
+	if p.Status == http.StatusUnauthorized && w.Header().Get("WWW-Authenticate") == "" {
 		challenge := `Bearer realm="batchsender"`
 		if r.Header.Get("Authorization") != "" {
 			challenge += `, error="invalid_token"`

@@ -30,6 +30,8 @@ func (s *server) routes(mux handleRegistrar) {
 	// Unsubscribe links carry a signed token instead of an API key.
 	mux.Handle("GET /u/{token}", s.handleUnsubscribePage())
 	mux.Handle("POST /u/{token}", s.handleUnsubscribe())
+	// Provider event webhooks carry the provider's signature instead.
+	mux.Handle("POST /v1/hooks/{connection_id}/events", s.handleProviderEvents())
 
 	mux.Handle("POST /v1/connections", s.auth(s.handleConnectionCreate()))
 	mux.Handle("GET /v1/connections", s.auth(s.handleConnectionList()))

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/batchsender/batchsender"
+	"github.com/batchsender/batchsender/events"
 	"github.com/batchsender/batchsender/providers"
 	"github.com/batchsender/batchsender/unsubscribe"
 )
@@ -68,6 +69,10 @@ type Deps struct {
 	// (/u/{token}); the same signer must make them (providers.Config). Nil
 	// answers every link with 404.
 	Unsubscribe *unsubscribe.Signer
+	// Events verifies and reads providers' event webhooks
+	// (/v1/hooks/{connection_id}/events); events.New(events.Options{})
+	// when nil.
+	Events *events.Receiver
 	// EventsHeartbeat is how often an idle event stream sends a comment,
 	// so proxies keep it open (DefaultEventsHeartbeat when 0).
 	EventsHeartbeat time.Duration
@@ -88,6 +93,9 @@ func (d Deps) withDefaults() Deps {
 	}
 	if d.EventsPoll <= 0 {
 		d.EventsPoll = DefaultEventsPoll
+	}
+	if d.Events == nil {
+		d.Events = events.New(events.Options{Now: d.Now})
 	}
 	if d.EventsHeartbeat <= 0 {
 		d.EventsHeartbeat = DefaultEventsHeartbeat

@@ -90,8 +90,8 @@ func (c *Cache) provision(ctx context.Context, providerID string, config, secret
 	}
 	p := reg.New()
 	env := sdk.Env{
-		Config:               config,
-		Secrets:              secrets,
+		Config:               withoutEvents(config),
+		Secrets:              withoutEvents(secrets),
 		Logger:               c.cfg.Logger.With(slog.String("provider", providerID)),
 		Dialer:               c.cfg.Dialer,
 		AllowPrivateNetworks: c.cfg.AllowPrivateNetworks,
@@ -147,6 +147,47 @@ func (c *Cache) Secrets(conn batchsender.Connection) (json.RawMessage, error) {
 		return nil, fmt.Errorf("opening secrets of connection %s: %w", conn.ID, err)
 	}
 	return secrets, nil
+}
+
+// EventsKey is the key of a connection's config and secrets reserved for
+// the host's event webhook settings (see package events): providers never
+// see it.
+const EventsKey = "events"
+
+// withoutEvents returns a JSON object without its EventsKey member, or raw
+// unchanged when it has none (or is not an object; the provider says so).
+func withoutEvents(raw json.RawMessage) json.RawMessage {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return raw
+	}
+	if _, ok := m[EventsKey]; !ok {
+		return raw
+	}
+	delete(m, EventsKey)
+	out, err := json.Marshal(m)
+	if err != nil {
+		return raw
+	}
+	return out
+}
+
+// EventSettings returns the EventsKey objects of a stored connection's
+// config and secrets (nil when absent), for verifying its provider's event
+// webhooks.
+func (c *Cache) EventSettings(conn batchsender.Connection) (config, secrets json.RawMessage, err error) {
+	member := func(raw json.RawMessage) json.RawMessage {
+		var m map[string]json.RawMessage
+		if json.Unmarshal(raw, &m) != nil {
+			return nil
+		}
+		return m[EventsKey]
+	}
+	s, err := c.Secrets(conn)
+	if err != nil {
+		return nil, nil, err
+	}
+	return member(conn.Config), member(s), nil
 }
 
 // Close closes every provider.

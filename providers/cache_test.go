@@ -62,6 +62,22 @@ func TestStoredConnectionsGetSignedUnsubscribeLinks(t *testing.T) {
 		t.Fatalf("Secrets = %s, %v", s, err)
 	}
 
+	// The host's event webhook settings are not the provider's business.
+	withEvents := conn
+	withEvents.ID, withEvents.Config = "con_2", json.RawMessage(`{"region":"eu","events":{"public_key":"pk"}}`)
+	withEvents.SecretsSealed = []byte(`{"k":"v","events":{"signing_key":"sk"}}`)
+	if _, err := c.Get(context.Background(), withEvents); err != nil {
+		t.Fatal(err)
+	}
+	env = <-captured
+	if string(env.Config) != `{"region":"eu"}` || string(env.Secrets) != `{"k":"v"}` {
+		t.Fatalf("the provider saw %s and %s", env.Config, env.Secrets)
+	}
+	ec, es, err := c.EventSettings(withEvents)
+	if err != nil || string(ec) != `{"public_key":"pk"}` || string(es) != `{"signing_key":"sk"}` {
+		t.Fatalf("EventSettings = %s, %s, %v", ec, es, err)
+	}
+
 	// Checking a connection before it is stored makes no links: it has no
 	// project yet.
 	p, err := c.Provision(context.Background(), "test.env", json.RawMessage(`{}`), json.RawMessage(`{}`))
