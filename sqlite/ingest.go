@@ -79,11 +79,9 @@ func valuesList(n, cols int) string {
 	return row + strings.Repeat(","+row, n-1)
 }
 
-// newRow is an item read from the iterator, waiting to be written.
-type newRow struct {
-	id   string
-	data string
-}
+// The rows of a chunk are held as the values the insert binds, id then
+// data for each row, boxed by the producer: boxing a string allocates,
+// and the writer's goroutine is the one the ingest waits for.
 
 // ingester reads items from an iterator chunk by chunk and writes them.
 // A producer goroutine runs the iterator (parsing and validating an
@@ -92,7 +90,7 @@ type newRow struct {
 type ingester struct {
 	ch   chan ingestChunk
 	quit chan struct{}
-	rows []newRow // the chunk taken by the last fill, not yet written
+	rows []any // the chunk taken by the last fill, not yet written: id, data per row
 	done bool     // the last chunk has been taken
 	n    int64    // rows written so far
 	args []any
@@ -101,7 +99,7 @@ type ingester struct {
 // ingestChunk is what the producer hands over: rows, or the iterator's
 // error; last marks the final chunk.
 type ingestChunk struct {
-	rows []newRow
+	rows []any // id, data per row
 	err  error
 	last bool
 }
@@ -123,7 +121,7 @@ func (g *ingester) produce(ctx context.Context, items iter.Seq2[batchsender.NewI
 			return false
 		}
 	}
-	rows := make([]newRow, 0, chunkRows)
+	rows := make([]any, 0, 2*chunkRows)
 	bytes := 0
 	if items != nil {
 		for it, err := range items {
@@ -131,7 +129,7 @@ func (g *ingester) produce(ctx context.Context, items iter.Seq2[batchsender.NewI
 				send(ingestChunk{err: err})
 				return
 			}
-			if len(rows)%256 == 0 {
+			if len(rows)%512 == 0 {
 				if err := ctx.Err(); err != nil {
 					send(ingestChunk{err: fmt.Errorf("reading items: %w", err)})
 					return
@@ -141,13 +139,13 @@ func (g *ingester) produce(ctx context.Context, items iter.Seq2[batchsender.NewI
 			if data == "" {
 				data = "{}"
 			}
-			rows = append(rows, newRow{id: batchsender.NewID("itm"), data: data})
+			rows = append(rows, batchsender.NewID("itm"), data)
 			bytes += len(data)
-			if len(rows) >= chunkRows || bytes >= ingestChunkBytes {
+			if len(rows) >= 2*chunkRows || bytes >= ingestChunkBytes {
 				if !send(ingestChunk{rows: rows}) {
 					return
 				}
-				rows, bytes = make([]newRow, 0, chunkRows), 0
+				rows, bytes = make([]any, 0, 2*chunkRows), 0
 			}
 		}
 	}
@@ -186,12 +184,10 @@ func (g *ingester) write(ctx context.Context, s *Store, tx *sql.Tx, batchKey, ba
 	full := tx.StmtContext(ctx, s.st.insertItems)
 	defer full.Close()
 	for len(g.rows) > 0 {
-		k := min(len(g.rows), itemInsertRows)
+		k := min(len(g.rows)/2, itemInsertRows)
 		seq0 := base + g.n // the seq before this statement's first row
 		g.args = append(g.args[:0], ikey(batchKey, seq0), batchKey, seq0, now)
-		for _, r := range g.rows[:k] {
-			g.args = append(g.args, r.id, r.data)
-		}
+		g.args = append(g.args, g.rows[:2*k]...)
 		var err error
 		if k == itemInsertRows {
 			_, err = full.ExecContext(ctx, g.args...)
@@ -202,7 +198,7 @@ func (g *ingester) write(ctx context.Context, s *Store, tx *sql.Tx, batchKey, ba
 			return fmt.Errorf("inserting items: %w", err)
 		}
 		g.n += int64(k)
-		g.rows = g.rows[k:]
+		g.rows = g.rows[2*k:]
 	}
 	return nil
 }
