@@ -91,8 +91,8 @@ type ingester struct {
 	ch   chan ingestChunk
 	quit chan struct{}
 	rows []any // the chunk taken by the last fill, not yet written: id, data per row
-	done bool     // the last chunk has been taken
-	n    int64    // rows written so far
+	done bool  // the last chunk has been taken
+	n    int64 // rows written so far
 	args []any
 }
 
