@@ -113,8 +113,45 @@ type Store interface {
 	// for the engine before each chunk is sent.
 	SuppressionsMatch(ctx context.Context, projectID, channel string, addresses []string) (map[string]SuppressionReason, error)
 
+	// TemplateCreate stores a new version of the project's template named
+	// p.Name: version 1 when the name is new, else one more than the latest.
+	// ECONFLICT if the name already holds a template of another module.
+	TemplateCreate(ctx context.Context, p TemplateCreateParams) (Template, error)
+	// TemplateGet returns one version of the project's named template, the
+	// latest when version is 0. ENOTFOUND if there is none.
+	TemplateGet(ctx context.Context, projectID, name string, version int) (Template, error)
+	// TemplateList returns the latest version of each of the project's
+	// templates in name order, after the cursor (a name) when given.
+	TemplateList(ctx context.Context, p TemplateListParams) ([]Template, error)
+
 	// Close releases the store's resources.
 	Close() error
+}
+
+// Template is one version of a stored batch template. Versions are never
+// changed: a batch created from one keeps a copy, so later versions do not
+// change a batch already made.
+type Template struct {
+	Name      string          `json:"name"`
+	Module    string          `json:"module"`
+	Version   int             `json:"version"`
+	Template  json.RawMessage `json:"template"`
+	CreatedAt time.Time       `json:"created_at"`
+}
+
+// TemplateCreateParams are the fields of a new template version.
+type TemplateCreateParams struct {
+	ProjectID string
+	Name      string
+	Module    string
+	Template  json.RawMessage
+}
+
+// TemplateListParams select a page of templates.
+type TemplateListParams struct {
+	ProjectID string
+	Cursor    string // the name of the last template of the previous page
+	Limit     int
 }
 
 // SuppressionReason says why an address is suppressed.
@@ -293,4 +330,30 @@ type LeaderElector interface {
 	// LeaderTry makes this process the leader if no live process is, and
 	// reports whether this process is the leader now.
 	LeaderTry(ctx context.Context) (bool, error)
+}
+
+// LimitStore is implemented by stores that several processes share
+// (PostgreSQL), so that a connection's rate and concurrency limits hold
+// across all nodes together. Single-process stores do not implement it; the
+// engine then keeps its limits in process. Times are the database's, so the
+// nodes' clocks need not agree.
+type LimitStore interface {
+	// RateTake reserves up to want consecutive call slots of the rate
+	// limit key, which allows perSecond calls a second with a burst of one:
+	// slot i (from 0) may be used wait + i/perSecond from now. Only slots
+	// due within horizon are granted, possibly none; wait then says when
+	// the next slot falls due.
+	RateTake(ctx context.Context, key string, perSecond float64, want int, horizon time.Duration) (granted int, wait time.Duration, err error)
+	// SlotsAcquire leases up to want of the limit concurrency slots of key
+	// to owner for ttl, never more than the owner's fair share (limit
+	// divided among the owners that asked for slots of key within ttl,
+	// rounded up), and registers the owner's demand. It returns how many it
+	// leased and the share.
+	SlotsAcquire(ctx context.Context, key, owner string, limit, want int, ttl time.Duration) (got, share int, err error)
+	// SlotsRenew extends the owner's leases of key by ttl and returns how
+	// many it still holds and its fair share.
+	SlotsRenew(ctx context.Context, key, owner string, limit int, ttl time.Duration) (held, share int, err error)
+	// SlotsRelease gives n of the owner's slots of key back, all of them
+	// when n <= 0.
+	SlotsRelease(ctx context.Context, key, owner string, n int) error
 }

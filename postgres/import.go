@@ -11,7 +11,7 @@ import (
 )
 
 // sqliteSchemaVersion is the SQLite store schema ImportSQLite reads.
-const sqliteSchemaVersion = 2
+const sqliteSchemaVersion = 3
 
 // importTable maps one table of the SQLite store onto this store's.
 type importTable struct {
@@ -24,7 +24,7 @@ type importTable struct {
 	ms map[string]bool
 }
 
-// importTables reads the SQLite store's schema as of its migration 2 (see
+// importTables reads the SQLite store's schema as of its migration 3 (see
 // sqlite/migrations). A batch still being created there (ingesting = 1) is
 // invisible to its users and is left out, as are items an unfinished append
 // wrote beyond the batch's total.
@@ -82,6 +82,12 @@ var importTables = []importTable{
 		to:   []string{"project_id", "channel", "address", "reason", "source", "created_at"},
 		ms:   map[string]bool{"created_at": true},
 	},
+	{
+		name: "templates",
+		from: `SELECT project_id, name, version, module, template, created_at FROM templates ORDER BY project_id, name, version`,
+		to:   []string{"project_id", "name", "version", "module", "template", "created_at"},
+		ms:   map[string]bool{"created_at": true},
+	},
 }
 
 // ImportReport counts the rows ImportSQLite copied, per table.
@@ -122,7 +128,7 @@ func (s *Store) ImportSQLite(ctx context.Context, src *sql.DB) (ImportReport, er
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		// Keep out other writers of this schema, and refuse to mix two
 		// installations' data.
-		if _, err := tx.Exec(ctx, `LOCK TABLE projects, api_keys, connections, batches, items, attempts, suppressions IN EXCLUSIVE MODE`); err != nil {
+		if _, err := tx.Exec(ctx, `LOCK TABLE projects, api_keys, connections, batches, items, attempts, suppressions, templates IN EXCLUSIVE MODE`); err != nil {
 			return fmt.Errorf("importing: locking tables: %w", err)
 		}
 		var used bool

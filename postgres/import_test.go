@@ -71,6 +71,12 @@ func TestImportSQLiteCopiesEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	for _, body := range []string{`{"subject":"v1"}`, `{"subject":"v2", "from":"a@example.com"}`} {
+		if _, err := lite.TemplateCreate(ctx, batchsender.TemplateCreateParams{ProjectID: p.ID, Name: "welcome", Module: "email", Template: json.RawMessage(body)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	src, err := sql.Open("sqlite", path+"?mode=ro")
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +87,7 @@ func TestImportSQLiteCopiesEverything(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ImportSQLite: %v", err)
 	}
-	want := ImportReport{"projects": 1, "api_keys": 1, "connections": 1, "batches": 2, "items": 7, "attempts": 3, "suppressions": 2}
+	want := ImportReport{"projects": 1, "api_keys": 1, "connections": 1, "batches": 2, "items": 7, "attempts": 3, "suppressions": 2, "templates": 2}
 	if !reflect.DeepEqual(report, want) {
 		t.Fatalf("report %v, want %v", report, want)
 	}
@@ -121,6 +127,12 @@ func TestImportSQLiteCopiesEverything(t *testing.T) {
 	s1, e1 := lite.SuppressionList(ctx, batchsender.SuppressionListParams{ProjectID: p.ID, Channel: "email"})
 	s2, e2 := pg.SuppressionList(ctx, batchsender.SuppressionListParams{ProjectID: p.ID, Channel: "email"})
 	same("suppressions", s1, s2, e1, e2)
+	t1, e1 := lite.TemplateList(ctx, batchsender.TemplateListParams{ProjectID: p.ID})
+	t2, e2 := pg.TemplateList(ctx, batchsender.TemplateListParams{ProjectID: p.ID})
+	same("templates", t1, t2, e1, e2)
+	v1, e1 := lite.TemplateGet(ctx, p.ID, "welcome", 1)
+	v2, e2 := pg.TemplateGet(ctx, p.ID, "welcome", 1)
+	same("template version 1", v1, v2, e1, e2)
 	g1, e1 := lite.BatchGetByIdempotencyKey(ctx, p.ID, "k1")
 	g2, e2 := pg.BatchGetByIdempotencyKey(ctx, p.ID, "k1")
 	same("batch by key", g1, g2, e1, e2)
