@@ -40,11 +40,24 @@
 //     Store.ItemResultsWriteMany transaction per flush, when about
 //     flushSize results are buffered or flushInterval after the first.
 //
-// Known limits: rate and concurrency limits hold within one process only (a
-// cluster-wide limit needs the store's help); connection limits come from the
-// provider's Info defaults, as connections carry no limit fields yet; the
-// failure-rate guard of DESIGN.md (pausing a batch whose permanent failures
-// pile up) is not implemented.
+// Connection limits: the connection config's top-level rate_per_second and
+// concurrency, when above 0, else the provider's Info defaults. On a store
+// that several processes share (batchsender.LimitStore, PostgreSQL) they
+// hold across all nodes together: rate slots come from one token bucket row
+// in groups of about a tenth of a second (one round trip per group), at 98%
+// of the configured rate so that clock and scheduling jitter between nodes
+// cannot push a one-second window over it; a call that would start more
+// than half a slot late takes a fresh slot instead. Concurrency slots are
+// rows leased by nodes for LeaseDuration, renewed every LeaseDuration/20,
+// and used only while renewed within LeaseDuration/10, so a slot's lease
+// outlasts every call on it; each node holds at most its fair share (the
+// limit divided among nodes that want slots, rounded up) and gives surplus
+// and idle slots back. Single-process stores keep the limits in process.
+//
+// Known limits: the batch's own rate and concurrency options hold per node;
+// on a cluster with one node per slot or fewer slots than nodes, some nodes
+// hold none and wait; the failure-rate guard of DESIGN.md (pausing a batch
+// whose permanent failures pile up) is not implemented.
 package engine
 
 import (

@@ -2,6 +2,8 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
+	"log/slog"
 	"math"
 	"time"
 
@@ -15,34 +17,94 @@ import (
 // defaultConcurrency applies when a provider declares no default concurrency.
 const defaultConcurrency = 16
 
-// connLimits are the limits one connection's batches share in this process.
+// connLimits are the limits one connection's batches share in this process,
+// or across the cluster when the store is a batchsender.LimitStore.
 type connLimits struct {
 	rate float64 // Send calls per second, 0 for unlimited
 	conc int     // Send calls in flight
 	sem  *semaphore.Weighted
 	lim  *rate.Limiter // nil when unlimited
+
+	// On a LimitStore, instead of sem and lim.
+	csem  *clusterSem
+	crate *clusterRate // nil when unlimited
 }
 
-// limitsFor returns the connection's shared limits, creating them on first
-// use. The connection's limits are the provider's defaults; when they change
-// (another provider version, later a connection setting), batches that
-// start afterwards use fresh limits while running calls finish under the old.
-func (e *Engine) limitsFor(conn batchsender.Connection, info sdk.Info) *connLimits {
+// connConfig is the part of a connection's config the engine reads itself,
+// whatever the provider: limits that lower or raise the provider's defaults.
+type connConfig struct {
+	RatePerSecond *float64 `json:"rate_per_second"`
+	Concurrency   *int     `json:"concurrency"`
+}
+
+// connLimitsOf returns a connection's rate and concurrency: the top-level
+// config fields rate_per_second and concurrency when set above 0, else the
+// provider's defaults.
+func connLimitsOf(conn batchsender.Connection, info sdk.Info) (float64, int) {
 	r, c := info.DefaultRate, info.DefaultConcurrency
-	if r < 0 {
+	var cfg connConfig
+	if len(conn.Config) > 0 && json.Unmarshal(conn.Config, &cfg) == nil {
+		if cfg.RatePerSecond != nil && *cfg.RatePerSecond > 0 {
+			r = *cfg.RatePerSecond
+		}
+		if cfg.Concurrency != nil && *cfg.Concurrency > 0 {
+			c = *cfg.Concurrency
+		}
+	}
+	if r < 0 || math.IsNaN(r) {
 		r = 0
 	}
 	if c <= 0 {
 		c = defaultConcurrency
 	}
+	return r, c
+}
+
+// limitsFor returns the connection's shared limits, creating them on first
+// use. When they change (a config edit, another provider version), batches
+// that start afterwards use fresh limits while running calls finish under
+// the old.
+func (e *Engine) limitsFor(conn batchsender.Connection, info sdk.Info) *connLimits {
+	r, c := connLimitsOf(conn, info)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if l, ok := e.conns[conn.ID]; ok && l.rate == r && l.conc == c {
 		return l
 	}
-	l := &connLimits{rate: r, conc: c, sem: semaphore.NewWeighted(int64(c)), lim: newLimiter(r)}
+	l := &connLimits{rate: r, conc: c}
+	if ls, ok := e.store.(batchsender.LimitStore); ok {
+		l.csem = newClusterSem(e, ls, "conn:"+conn.ID, c)
+		if r > 0 && !math.IsInf(r, 1) {
+			l.crate = &clusterRate{e: e, ls: ls, key: "conn:" + conn.ID, rate: r * clusterRateMargin}
+		}
+	} else {
+		l.sem, l.lim = semaphore.NewWeighted(int64(c)), newLimiter(r)
+	}
 	e.conns[conn.ID] = l
 	return l
+}
+
+// semAcquire takes a concurrency slot of the connection, waiting.
+func (l *connLimits) semAcquire(ctx context.Context) error {
+	if l.csem != nil {
+		return l.csem.acquire(ctx)
+	}
+	return l.sem.Acquire(ctx, 1)
+}
+
+func (l *connLimits) semTryAcquire() bool {
+	if l.csem != nil {
+		return l.csem.tryAcquire()
+	}
+	return l.sem.TryAcquire(1)
+}
+
+func (l *connLimits) semRelease() {
+	if l.csem != nil {
+		l.csem.release()
+		return
+	}
+	l.sem.Release(1)
 }
 
 // newLimiter returns a token bucket of r calls per second, or nil for r == 0.
@@ -59,7 +121,8 @@ func newLimiter(r float64) *rate.Limiter {
 // slots are what one Send call holds: a batch slot, a connection slot and a
 // global slot. The call may start at notBefore, when its rate tokens are due.
 type slots struct {
-	notBefore time.Time
+	notBefore   time.Time
+	clusterSlot bool // notBefore is a slot of a cluster-wide rate
 }
 
 // acquire blocks until the runner holds the slots and rate tokens of one
@@ -76,13 +139,26 @@ func (r *runner) acquire(ctx context.Context) (slots, error) {
 		r.release(true, false, false)
 		return s, ctx.Err()
 	}
-	if err := r.conn.sem.Acquire(ctx, 1); err != nil {
+	if err := r.conn.semAcquire(ctx); err != nil {
 		r.release(true, false, false)
 		return s, err
 	}
 	if r.conn.lim != nil && !waitToken(ctx, r.conn.lim, r.e.now()) {
 		r.release(true, true, false)
 		return s, ctx.Err()
+	}
+	if r.conn.crate != nil {
+		at, err := r.conn.crate.take(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				r.log.Error("taking a rate slot", slog.Any("error", err))
+				sleepCtx(ctx, time.Second)
+			}
+			r.release(true, true, false)
+			return s, err
+		}
+		// The call waits for its slot (at most about rateGroup ahead).
+		s.notBefore, s.clusterSlot = at, true
 	}
 	if err := r.e.global.Acquire(ctx, 1); err != nil {
 		r.release(true, true, false)
@@ -116,6 +192,12 @@ func (r *runner) rateBudget(now time.Time) int {
 			budget = max(n, 0)
 		}
 	}
+	if r.conn.crate != nil {
+		// Only the slots this node holds: more would cost a round trip.
+		if n := r.conn.crate.budget(now); budget < 0 || n < budget {
+			budget = n
+		}
+	}
 	return budget
 }
 
@@ -126,7 +208,7 @@ func (r *runner) tryAcquire() bool {
 	if !r.sem.TryAcquire(1) {
 		return false
 	}
-	if !r.conn.sem.TryAcquire(1) {
+	if !r.conn.semTryAcquire() {
 		r.release(true, false, false)
 		return false
 	}
@@ -143,15 +225,32 @@ func (r *runner) tryAcquire() bool {
 // bunching calls: a token is always reserved for a time at or after the
 // moment it is taken. The connection's token is reserved for the time the
 // batch's own token allows, so it is not spent before the call can use it.
-func (r *runner) schedule(now time.Time) time.Time {
-	at := now
+func (r *runner) schedule(now time.Time) slots {
+	s := slots{notBefore: now}
 	if r.lim != nil {
-		at = at.Add(r.lim.ReserveN(at, 1).DelayFrom(at))
+		s.notBefore = s.notBefore.Add(r.lim.ReserveN(s.notBefore, 1).DelayFrom(s.notBefore))
 	}
 	if r.conn.lim != nil {
-		at = at.Add(r.conn.lim.ReserveN(at, 1).DelayFrom(at))
+		s.notBefore = s.notBefore.Add(r.conn.lim.ReserveN(s.notBefore, 1).DelayFrom(s.notBefore))
 	}
-	return at
+	if r.conn.crate != nil {
+		// A slot the node holds (the claim was sized by them); if another
+		// runner took it meanwhile, the call takes one when it starts.
+		if at, ok := r.conn.crate.takeNow(now); ok {
+			s.notBefore = maxTime(s.notBefore, at)
+		} else {
+			s.notBefore = time.Time{}
+		}
+		s.clusterSlot = true
+	}
+	return s
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // release frees the slots a call held (or would have held).
@@ -160,7 +259,7 @@ func (r *runner) release(batch, conn, global bool) {
 		r.e.global.Release(1)
 	}
 	if conn {
-		r.conn.sem.Release(1)
+		r.conn.semRelease()
 	}
 	if batch {
 		r.sem.Release(1)

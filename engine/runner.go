@@ -379,7 +379,7 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 	now = r.e.now()
 	r.pace.add(now, len(items))
 	for i := 1; i < calls; i++ {
-		held[i].notBefore = r.schedule(now)
+		held[i] = r.schedule(now)
 	}
 	per, extra := len(items)/calls, len(items)%calls
 	start := 0
@@ -500,11 +500,27 @@ func (r *runner) releaseItems(items []batchsender.Item) {
 
 // call sends one chunk and hands its results to the completer.
 func (r *runner) call(s slots, items []batchsender.Item, leaseUntil time.Time) {
-	if d := s.notBefore.Sub(r.e.now()); d > 0 {
-		if !sleepCtx(r.e.runCtx, d) {
+	for {
+		if d := s.notBefore.Sub(r.e.now()); d > 0 {
+			if !sleepCtx(r.e.runCtx, d) {
+				r.releaseItems(items)
+				return
+			}
+		}
+		// A cluster rate slot used late could bunch with calls on time in
+		// the next second: take a fresh one instead.
+		if !s.clusterSlot || (!s.notBefore.IsZero() && r.e.now().Sub(s.notBefore) <= r.conn.crate.grace()) {
+			break
+		}
+		at, err := r.conn.crate.take(r.e.runCtx)
+		if err != nil {
+			if r.e.runCtx.Err() == nil {
+				r.log.Error("taking a rate slot", slog.Any("error", err))
+			}
 			r.releaseItems(items)
 			return
 		}
+		s.notBefore = at
 	}
 	if r.e.runCtx.Err() != nil {
 		r.releaseItems(items)

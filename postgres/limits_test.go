@@ -1,0 +1,206 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/batchsender/batchsender"
+	"github.com/batchsender/batchsender/engine"
+	"github.com/batchsender/batchsender/providers"
+	"github.com/batchsender/batchsender/sdk"
+)
+
+// limitsProvider posts each item to the URL of its connection config. Its
+// config also carries the generic rate_per_second and concurrency fields,
+// which the engine reads itself.
+type limitsProvider struct{ url string }
+
+func init() {
+	sdk.Register(sdk.Registration{ID: "test.pglimits", New: func() sdk.Provider { return new(limitsProvider) }})
+}
+
+func (p *limitsProvider) Info() sdk.Info {
+	return sdk.Info{ID: "test.pglimits", Title: "test limits", MaxChunk: 1, DefaultConcurrency: 64, BillableUnit: "request"}
+}
+
+func (p *limitsProvider) Provision(_ context.Context, env sdk.Env) error {
+	var cfg struct {
+		URL string `json:"url"`
+	}
+	if err := json.Unmarshal(env.Config, &cfg); err != nil {
+		return err
+	}
+	p.url = cfg.URL
+	return nil
+}
+
+func (p *limitsProvider) Compile(json.RawMessage) (sdk.Sender, error) { return p, nil }
+
+func (p *limitsProvider) ValidateItem(json.RawMessage) error { return nil }
+
+func (p *limitsProvider) Close() error { return nil }
+
+func (p *limitsProvider) Send(ctx context.Context, items []sdk.Item) []sdk.Result {
+	out := make([]sdk.Result, len(items))
+	for i, it := range items {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url, strings.NewReader(it.ID))
+		if err != nil {
+			out[i] = sdk.Permanent(err)
+			continue
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			out[i] = sdk.Retry(err)
+			continue
+		}
+		_ = resp.Body.Close()
+		out[i] = sdk.OK("")
+	}
+	return out
+}
+
+// TestClusterLimits runs three engines, each with its own store (pool) and
+// node ID, on one schema: together they never exceed the connection's rate
+// in any one-second window, nor its concurrency, at the receiver.
+func TestClusterLimits(t *testing.T) {
+	t.Parallel()
+	t.Run("RateHolds", func(t *testing.T) {
+		t.Parallel()
+		// Concurrency allows far more than the rate.
+		clusterLimits(t, 500, 200, 8, 2*time.Millisecond)
+	})
+	t.Run("ConcurrencyHolds", func(t *testing.T) {
+		t.Parallel()
+		// Slow answers: 3 in flight allow about 60 a second.
+		clusterLimits(t, 150, 0, 3, 40*time.Millisecond)
+	})
+}
+
+func clusterLimits(t *testing.T, items, rate, conc int, hold time.Duration) {
+	var (
+		mu       sync.Mutex
+		arrivals []time.Time
+		seen     = map[string]int{}
+		inFlight atomic.Int64
+		maxSeen  atomic.Int64
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for {
+			m := maxSeen.Load()
+			if n <= m || maxSeen.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		id := make([]byte, 64)
+		k, _ := r.Body.Read(id)
+		mu.Lock()
+		arrivals = append(arrivals, time.Now())
+		seen[string(id[:k])]++
+		mu.Unlock()
+		time.Sleep(hold)
+	}))
+	defer srv.Close()
+	defer http.DefaultClient.CloseIdleConnections()
+
+	url := newSchemaURL(t)
+	stores := []*Store{openStore(t, url), openStore(t, url), openStore(t, url)}
+	ctx := context.Background()
+	s := stores[0]
+	p, err := s.ProjectCreate(ctx, "limits")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := s.ConnectionCreate(ctx, batchsender.ConnectionCreateParams{
+		ProjectID: p.ID, Provider: "test.pglimits", Name: "hooks",
+		Config: json.RawMessage(fmt.Sprintf(`{"url":%q,"rate_per_second":%d,"concurrency":%d}`, srv.URL, rate, conc)),
+		// rate 0 leaves the rate unlimited.
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.BatchCreate(ctx, batchsender.BatchCreateParams{
+		ProjectID: p.ID, Module: conn.Module(), ConnectionID: conn.ID, Provider: conn.Provider,
+		Status: batchsender.BatchRunning, Template: json.RawMessage(`{}`), Items: func(yield func(batchsender.NewItem, error) bool) {
+			for i := range items {
+				if !yield(batchsender.NewItem{Data: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))}, nil) {
+					return
+				}
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var engines []*engine.Engine
+	for i, st := range stores {
+		cache := providers.NewCache(providers.Config{})
+		t.Cleanup(func() { _ = cache.Close() })
+		e, err := engine.New(engine.Config{
+			Store: st, Providers: cache, NodeID: fmt.Sprintf("node-%d", i),
+			PollInterval: 50 * time.Millisecond, LeaseDuration: 20 * time.Second, Logger: testLogger(t),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		engines = append(engines, e)
+		wg.Go(func() { _ = e.Run(runCtx) })
+	}
+	stop := sync.OnceFunc(func() { cancel(); wg.Wait() })
+	defer stop()
+	t0 := time.Now()
+	waitFor(t, "the batch completed", 90*time.Second, func() bool {
+		got, err := s.BatchGetByID(ctx, p.ID, b.ID)
+		return err == nil && got.Status == batchsender.BatchCompleted
+	})
+	elapsed := time.Since(t0)
+	stop()
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != items {
+		t.Fatalf("receiver saw %d distinct items, want %d", len(seen), items)
+	}
+	slices.SortFunc(arrivals, time.Time.Compare)
+	worst, j := 0, 0
+	for i := range arrivals {
+		for arrivals[i].Sub(arrivals[j]) >= time.Second {
+			j++
+		}
+		worst = max(worst, i-j+1)
+	}
+	// Burst one: at most rate calls start in any second.
+	if rate > 0 && worst > rate+1 {
+		t.Errorf("%d requests arrived within one second; the connection allows %d/s", worst, rate)
+	}
+	if got := maxSeen.Load(); got > int64(conc) {
+		t.Errorf("%d requests in flight at once; the connection allows %d", got, conc)
+	}
+	busy := 0
+	for _, e := range engines {
+		if e.Stats().ItemsClaimed > 0 {
+			busy++
+		}
+	}
+	if got := maxSeen.Load(); rate == 0 && got < 2 {
+		t.Errorf("at most %d request in flight: the test shows nothing about concurrency", got)
+	}
+	if busy < 2 {
+		t.Errorf("only %d of 3 nodes did any work: the test shows nothing about sharing limits", busy)
+	}
+	t.Logf("%d items in %s; worst one-second window %d (limit %d/s); max in flight %d (limit %d); %d nodes worked",
+		items, elapsed.Round(time.Millisecond), worst, rate, maxSeen.Load(), conc, busy)
+}
