@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -20,9 +21,23 @@ import (
 	"github.com/batchsender/batchsender/sqlite"
 )
 
-// migrateTables are the tables migrate-store copies and then counts on both
-// sides, in the order ImportSQLite copies them.
+// migrateTables are the tables migrate-store always counts on both sides;
+// any other table the import reports copying is counted too.
 var migrateTables = []string{"projects", "api_keys", "connections", "batches", "items", "attempts"}
+
+// countedTables returns migrateTables followed by the other tables of the
+// report, sorted.
+func countedTables(report postgres.ImportReport) []string {
+	tables := slices.Clone(migrateTables)
+	var more []string
+	for t := range report {
+		if !slices.Contains(tables, t) {
+			more = append(more, t)
+		}
+	}
+	slices.Sort(more)
+	return append(tables, more...)
+}
 
 func newMigrateStoreCmd(getenv func(string) string) *cobra.Command {
 	var from, to string
@@ -117,7 +132,7 @@ func migrateStore(ctx context.Context, from, to string, logger *slog.Logger, out
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "TABLE\tSQLITE\tPOSTGRESQL\t")
 	var mismatch []string
-	for _, t := range migrateTables {
+	for _, t := range countedTables(report) {
 		var a, b int64
 		if err := src.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+t).Scan(&a); err != nil {
 			return fmt.Errorf("counting %s in SQLite: %w", t, err)
