@@ -143,6 +143,25 @@ type BatchOptions struct {
 	// AtLeastOnce makes an ambiguous send (outcome unknown) retry instead of
 	// stopping at status unknown, accepting a possible double send.
 	AtLeastOnce bool `json:"at_least_once,omitempty"`
+	// FailureThreshold is the failure-rate guard: the batch pauses itself,
+	// with the reason as status_reason, when at least this share of its
+	// recent final outcomes (the last 100 on a node, at least 20 of them)
+	// are permanent failures. Nil means DefaultFailureThreshold; 0 turns the
+	// guard off.
+	FailureThreshold *float64 `json:"failure_threshold,omitempty"`
+}
+
+// DefaultFailureThreshold is the failure-rate guard's threshold unless a
+// batch sets its own: half of the recent outcomes failed for good.
+const DefaultFailureThreshold = 0.5
+
+// FailureGuard returns the batch's failure-rate threshold, 0 when the guard
+// is off.
+func (o BatchOptions) FailureGuard() float64 {
+	if o.FailureThreshold == nil {
+		return DefaultFailureThreshold
+	}
+	return *o.FailureThreshold
 }
 
 // WithDefaults returns the options with zero fields set to their defaults.
@@ -172,6 +191,8 @@ func (o BatchOptions) Validate() error {
 		return Errorf(EINVALID, "options.retry_base_delay must not be negative")
 	case o.RetryMaxDelay < 0:
 		return Errorf(EINVALID, "options.retry_max_delay must not be negative")
+	case o.FailureThreshold != nil && !(*o.FailureThreshold >= 0 && *o.FailureThreshold <= 1):
+		return Errorf(EINVALID, "options.failure_threshold must be between 0 (guard off) and 1, got %v", *o.FailureThreshold)
 	}
 	return nil
 }

@@ -54,10 +54,16 @@
 // limit divided among nodes that want slots, rounded up) and gives surplus
 // and idle slots back. Single-process stores keep the limits in process.
 //
+// The failure-rate guard (DESIGN.md): a runner keeps its batch's last 100
+// final outcomes (succeeded, unknown, failed; retries are not final) and,
+// once at least 20 are known and the share of failures reaches the batch's
+// failure_threshold (default 0.5, 0 turns it off), pauses the batch with
+// the reason as status_reason — a wrong credential or a dead endpoint stops
+// the batch instead of burning the list. Resuming starts a fresh window.
+//
 // Known limits: the batch's own rate and concurrency options hold per node;
-// on a cluster with one node per slot or fewer slots than nodes, some nodes
-// hold none and wait; the failure-rate guard of DESIGN.md (pausing a batch
-// whose permanent failures pile up) is not implemented.
+// with fewer concurrency slots than nodes some nodes hold none and wait;
+// the failure-rate guard counts the outcomes of each node separately.
 package engine
 
 import (
@@ -534,12 +540,14 @@ type Stats struct {
 	ResultsWritten int64 // results the store took
 	ResultsIgnored int64 // results the store ignored: their lease had been rescued
 	Runners        int64 // batches being worked on now
+	GuardPauses    int64 // batches the failure-rate guard paused
 }
 
 type counters struct {
 	succeeded, retried, failed, unknown, released, rescued       atomic.Int64
 	claims, itemsClaimed, calls, callsInFlight, panics, badCalls atomic.Int64
 	flushes, flushErrors, written, ignored, runners              atomic.Int64
+	guardPauses                                                  atomic.Int64
 }
 
 // Stats returns a snapshot of the engine's counters.
@@ -563,5 +571,6 @@ func (e *Engine) Stats() Stats {
 		ResultsWritten: c.written.Load(),
 		ResultsIgnored: c.ignored.Load(),
 		Runners:        c.runners.Load(),
+		GuardPauses:    c.guardPauses.Load(),
 	}
 }

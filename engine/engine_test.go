@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"iter"
 	"path/filepath"
@@ -224,6 +225,14 @@ var fastRetries = batchsender.BatchOptions{
 	RetryMaxDelay:  batchsender.Duration(50 * time.Millisecond),
 }
 
+// guardOff returns opts with the failure-rate guard off, for tests whose
+// failures are the point.
+func guardOff(opts batchsender.BatchOptions) batchsender.BatchOptions {
+	off := 0.0
+	opts.FailureThreshold = &off
+	return opts
+}
+
 func TestEngine(t *testing.T) {
 	t.Parallel()
 
@@ -308,7 +317,7 @@ func TestEngine(t *testing.T) {
 		t.Parallel()
 		f := setup(t, "test.chunked")
 		f.ctl.send = each(func(context.Context, sdk.Item) sdk.Result { return sdk.Retry(errBoom) })
-		opts := fastRetries
+		opts := guardOff(fastRetries)
 		opts.MaxAttempts = 3
 		b := f.batch(t, 25, batchsender.BatchRunning, opts)
 		e, _ := f.engine(t, engine.Config{})
@@ -342,7 +351,7 @@ func TestEngine(t *testing.T) {
 			}
 			return sdk.OK("m")
 		})
-		b := f.batch(t, 40, batchsender.BatchRunning, fastRetries)
+		b := f.batch(t, 40, batchsender.BatchRunning, guardOff(fastRetries))
 		f.engine(t, engine.Config{})
 		b = f.waitStatus(t, b.ID, batchsender.BatchCompleted)
 		if b.Counts.Failed != 20 || b.Counts.Succeeded != 20 {
@@ -353,6 +362,61 @@ func TestEngine(t *testing.T) {
 				it.LastError != fmt.Sprintf("recipient %d rejected", it.Seq)) {
 				t.Fatalf("item %+v: want failed after one attempt", it)
 			}
+		}
+	})
+
+	t.Run("FailureRateGuardPausesBatch", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t, "test.single")
+		f.ctl.send = each(func(_ context.Context, it sdk.Item) sdk.Result {
+			if it.Seq%4 == 0 {
+				return sdk.OK("m")
+			}
+			return sdk.Result{Outcome: sdk.OutcomePermanent, Err: errors.New("401 bad credentials"), StatusCode: 401}
+		})
+		b := f.batch(t, 400, batchsender.BatchRunning, batchsender.BatchOptions{Concurrency: 2})
+		e, _ := f.engine(t, engine.Config{})
+		b = f.waitStatus(t, b.ID, batchsender.BatchPaused)
+		if !strings.Contains(b.StatusReason, "failure-rate guard") || !strings.Contains(b.StatusReason, "401 bad credentials") {
+			t.Fatalf("status_reason = %q, want the guard and the last error", b.StatusReason)
+		}
+		waitFor(t, "in-flight items finished", func() bool { return f.get(t, b.ID).Counts.InFlight == 0 })
+		b = f.get(t, b.ID)
+		if done := b.Counts.Failed + b.Counts.Succeeded; done < 20 || b.Counts.Pending == 0 {
+			t.Fatalf("counts = %+v: want a pause after at least 20 outcomes with items left", b.Counts)
+		}
+		if e.Stats().GuardPauses != 1 {
+			t.Fatalf("stats = %+v, want one guard pause", e.Stats())
+		}
+		t.Logf("paused after %d outcomes: %s", b.Counts.Failed+b.Counts.Succeeded, b.StatusReason)
+	})
+
+	t.Run("FailureRateGuardOffOrBelowThreshold", func(t *testing.T) {
+		t.Parallel()
+		for _, tc := range []struct {
+			name      string
+			failEvery int64 // items whose seq is a multiple fail
+			opts      batchsender.BatchOptions
+		}{
+			{"Off", 1, guardOff(batchsender.BatchOptions{})},
+			{"BelowDefault", 3, batchsender.BatchOptions{}},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				t.Parallel()
+				f := setup(t, "test.single")
+				f.ctl.send = each(func(_ context.Context, it sdk.Item) sdk.Result {
+					if it.Seq%tc.failEvery == 0 {
+						return sdk.Permanent(errors.New("rejected"))
+					}
+					return sdk.OK("m")
+				})
+				b := f.batch(t, 120, batchsender.BatchRunning, tc.opts)
+				f.engine(t, engine.Config{})
+				b = f.waitStatus(t, b.ID, batchsender.BatchCompleted)
+				if want := 120 / tc.failEvery; b.Counts.Failed != want {
+					t.Fatalf("counts = %+v, want %d failed", b.Counts, want)
+				}
+			})
 		}
 	})
 

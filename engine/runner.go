@@ -26,6 +26,7 @@ type runner struct {
 	opts  batchsender.BatchOptions // with defaults
 	log   *slog.Logger
 	pokes chan struct{}
+	guard guard
 
 	// Set by prepare, once.
 	prepared bool
@@ -62,6 +63,7 @@ func newRunner(e *Engine, b batchsender.Batch) *runner {
 		log: e.log.With(slog.String("batch_id", b.ID), slog.String("project_id", b.ProjectID),
 			slog.String("provider", b.Provider)),
 		pokes: make(chan struct{}, 1),
+		guard: guard{threshold: b.Options.FailureGuard()},
 	}
 }
 
@@ -571,6 +573,7 @@ func (r *runner) call(s slots, items []batchsender.Item, leaseUntil time.Time) {
 		out[i] = r.classify(it, results[i], started, ended.Sub(started), ended)
 	}
 	r.e.comp.push(r, append(out, settled...))
+	r.guardCheck(out) // skipped items are no verdict on the batch
 }
 
 // safeSend calls Send, turning a panic into a value and the stack where it
