@@ -78,11 +78,14 @@ func (o optionsRequest) parse() (batchsender.BatchOptions, error) {
 
 // batchCreateRequest is the body of POST /v1/batches.
 type batchCreateRequest struct {
-	Module     string            `json:"module"`
-	Connection string            `json:"connection"`
-	Template   json.RawMessage   `json:"template,omitempty"`
-	Items      []json.RawMessage `json:"items,omitempty"` // nil: a draft; non-nil: the batch's items
-	Options    optionsRequest    `json:"options"`
+	Module     string          `json:"module"`
+	Connection string          `json:"connection"`
+	Template   json.RawMessage `json:"template,omitempty"`
+	// TemplateRef names a stored template instead of an inline one; it is
+	// resolved when the batch is created and the batch keeps that copy.
+	TemplateRef *templateRef      `json:"template_ref,omitempty"`
+	Items       []json.RawMessage `json:"items,omitempty"` // nil: a draft; non-nil: the batch's items
+	Options     optionsRequest    `json:"options"`
 
 	options batchsender.BatchOptions
 }
@@ -99,6 +102,8 @@ func (b *batchCreateRequest) Validate() error {
 		return batchsender.Errorf(batchsender.EINVALID, "unknown module %q; modules: %s", b.Module, strings.Join(moduleNames(), ", "))
 	case !isNull(b.Template) && !isJSONObject(b.Template):
 		return batchsender.Errorf(batchsender.EINVALID, "template must be a JSON object")
+	case b.TemplateRef != nil && !isNull(b.Template):
+		return batchsender.Errorf(batchsender.EINVALID, "give template or template_ref, not both")
 	case b.Items != nil && len(b.Items) == 0:
 		return batchsender.Errorf(batchsender.EINVALID, "items is empty; leave it out to create a draft and upload items later")
 	case len(b.Items) > batchsender.MaxInlineItems:
@@ -148,6 +153,12 @@ func (s *server) handleBatchCreate() http.Handler {
 				return
 			}
 			if !batchsender.IsNotFound(err) {
+				s.writeError(w, r, err)
+				return
+			}
+		}
+		if req.TemplateRef != nil {
+			if req.Template, err = s.resolveTemplate(r, req.TemplateRef, req.Module); err != nil {
 				s.writeError(w, r, err)
 				return
 			}

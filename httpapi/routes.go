@@ -22,6 +22,10 @@ func (s *server) routes(mux handleRegistrar) {
 
 	mux.Handle("GET /v1/modules", s.auth(s.handleModuleList()))
 	mux.Handle("POST /v1/templates/preview", s.auth(s.handleTemplatePreview()))
+	mux.Handle("POST /v1/templates", s.auth(s.handleTemplateCreate()))
+	mux.Handle("GET /v1/templates", s.auth(s.handleTemplateList()))
+	mux.Handle("GET /v1/templates/{name}", s.auth(s.handleTemplateGet(false)))
+	mux.Handle("GET /v1/templates/{name}/versions/{version}", s.auth(s.handleTemplateGet(true)))
 
 	mux.Handle("GET /v1/suppressions", s.auth(s.handleSuppressionList()))
 	mux.Handle("POST /v1/suppressions", s.auth(s.handleSuppressionImport()))
