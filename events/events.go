@@ -18,6 +18,9 @@
 //     (connection config events.topic_arns). Subscription
 //     confirmations are confirmed by fetching their SubscribeURL, after the
 //     same checks.
+//   - email.resend: Standard Webhooks (Svix) HMAC-SHA256 over
+//     id.timestamp.body with the whsec_ secret (connection secrets
+//     events.signing_secret), timestamps within five minutes.
 //
 // The settings live under a reserved "events" key of the connection's
 // config and secrets; the provider cache removes that key before the
@@ -93,7 +96,7 @@ func New(opts Options) *Receiver {
 // Supported reports whether a provider's events can be received.
 func Supported(providerID string) bool {
 	switch providerID {
-	case "email.sendgrid", "email.mailgun", "email.postmark", "email.ses":
+	case "email.sendgrid", "email.mailgun", "email.postmark", "email.ses", "email.resend":
 		return true
 	}
 	return false
@@ -114,6 +117,8 @@ func (r *Receiver) Handle(ctx context.Context, providerID string, req Request) (
 		return postmark(req)
 	case "email.ses":
 		return r.ses(ctx, req)
+	case "email.resend":
+		return r.resend(req)
 	}
 	return nil, ErrUnsupported
 }

@@ -168,8 +168,8 @@ func TestPostmark(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-	if _, err := r.Handle(context.Background(), "email.resend", events.Request{}); !errors.Is(err, events.ErrUnsupported) {
-		t.Fatalf("resend: %v", err)
+	if _, err := r.Handle(context.Background(), "sms.twilio", events.Request{}); !errors.Is(err, events.ErrUnsupported) {
+		t.Fatalf("sms.twilio: %v", err)
 	}
 }
 
