@@ -190,7 +190,12 @@ func batchDoc() map[string]any {
 
 func runBatch(t *testing.T, ctx context.Context, c *e2e.Client) e2e.Batch {
 	t.Helper()
-	b, err := c.CreateBatch(ctx, batchDoc())
+	return runBatchDoc(t, ctx, c, batchDoc())
+}
+
+func runBatchDoc(t *testing.T, ctx context.Context, c *e2e.Client, doc map[string]any) e2e.Batch {
+	t.Helper()
+	b, err := c.CreateBatch(ctx, doc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,8 +276,16 @@ func TestSendUnsubscribeSkip(t *testing.T) {
 		t.Fatalf("suppressions %s", r)
 	}
 
-	// The second batch to the same recipients skips Bob.
-	second := runBatch(t, ctx, c)
+	// The second batch to the same recipients, from a stored template,
+	// skips Bob.
+	tmpl := batchDoc()["template"].(map[string]any)
+	tmpl["subject"] = "Again, {{ first_name }}"
+	r, err = c.JSON(ctx, "POST", "/v1/templates", map[string]any{"name": "news", "module": "email", "template": tmpl})
+	must(t, r, err, http.StatusCreated)
+	doc := batchDoc()
+	delete(doc, "template")
+	doc["template_ref"] = map[string]any{"name": "news"}
+	second := runBatchDoc(t, ctx, c, doc)
 	if second.Counts.Succeeded != 2 || second.Counts.Skipped != 1 || second.Total != 3 {
 		t.Fatalf("second batch counts %+v, want 2 succeeded and 1 skipped", second.Counts)
 	}
@@ -283,6 +296,13 @@ func TestSendUnsubscribeSkip(t *testing.T) {
 	for _, d := range msgs[3:] {
 		if strings.Contains(strings.Join(d.to, ","), "bob@") {
 			t.Fatal("a message went to bob after he unsubscribed")
+		}
+		m, err := mail.ReadMessage(bytes.NewReader(d.raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if subj, _ := new(mime.WordDecoder).DecodeHeader(m.Header.Get("Subject")); !strings.HasPrefix(subj, "Again, ") {
+			t.Fatalf("second batch subject %q, want the stored template's", subj)
 		}
 	}
 	skipped, err := c.ListItems(ctx, second.ID, "skipped")
