@@ -243,7 +243,7 @@ type Attempt struct {
 	Number     int           `json:"number"` // 1-based
 	StartedAt  time.Time     `json:"started_at"`
 	Latency    time.Duration `json:"latency_ns"`
-	Outcome    string        `json:"outcome"` // ok, retry, permanent, unknown, released
+	Outcome    string        `json:"outcome"` // ok, retry, permanent, unknown, released, skipped
 	StatusCode int           `json:"status_code,omitempty"`
 	Response   string        `json:"response,omitempty"` // at most the first 1 KiB of the answer
 	Error      string        `json:"error,omitempty"`

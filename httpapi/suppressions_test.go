@@ -1,11 +1,14 @@
 package httpapi_test
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/batchsender/batchsender"
 	"github.com/batchsender/batchsender/unsubscribe"
 )
 
@@ -169,4 +172,42 @@ func TestUnsubscribeLink(t *testing.T) {
 	if n := len(b.suppressions(t, b.key, "")); n != 1 {
 		t.Fatalf("forged links changed the suppressions: %d", n)
 	}
+}
+
+// A skipped item, as the engine writes it for a suppressed recipient,
+// shows in the batch's counts, the item list and the attempts, all as the
+// document describes.
+func TestSkippedItemsAsTheAPIShowsThem(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.connection(t, b.key, "hooks")
+	d := b.batch(t, map[string]any{"module": "test", "connection": "hooks", "items": []map[string]any{{"to": "a"}, {"to": "b"}}})
+	ctx := context.Background()
+	now := time.Now()
+	items, err := b.store.ChunkClaim(ctx, batchsender.ChunkClaimParams{BatchID: d.ID, Owner: "w", Now: now, LeaseUntil: now.Add(time.Minute), Limit: 1})
+	if err != nil || len(items) != 1 {
+		t.Fatalf("claim: %v %v", items, err)
+	}
+	msg := "suppressed: a on test (unsubscribe)"
+	if _, err := b.store.ItemResultsWriteMany(ctx, []batchsender.ItemResult{{
+		ItemID: items[0].ID, BatchID: d.ID, Owner: "w", Status: batchsender.ItemSkipped, Error: msg,
+		Attempt: batchsender.Attempt{ItemID: items[0].ID, Number: 1, StartedAt: now, Outcome: "skipped", Error: msg},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.getBatch(t, d.ID); got.Counts.Skipped != 1 || got.Counts.Pending != 1 {
+		t.Fatalf("counts %+v", got.Counts)
+	}
+	var list struct {
+		Data []struct {
+			ID        string `json:"id"`
+			Status    string `json:"status"`
+			LastError string `json:"last_error"`
+		} `json:"data"`
+	}
+	b.do(t, call{method: "GET", path: "/v1/batches/" + d.ID + "/items?status=skipped"}).expect(t, http.StatusOK).decode(t, &list)
+	if len(list.Data) != 1 || list.Data[0].LastError != msg {
+		t.Fatalf("skipped items %+v", list.Data)
+	}
+	b.do(t, call{method: "GET", path: "/v1/batches/" + d.ID + "/items/" + items[0].ID + "/attempts"}).expect(t, http.StatusOK)
 }
