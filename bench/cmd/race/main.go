@@ -109,6 +109,7 @@ func logf(format string, args ...any) {
 type result struct {
 	enqueue, deliver time.Duration
 	n                int
+	cpu              cpuUse // during delivery
 }
 
 func (r result) deliverRate() float64 { return float64(r.n) / r.deliver.Seconds() }
@@ -171,6 +172,10 @@ func run(ctx context.Context, cfg config) error {
 		fmt.Printf("  batchsender: deliver %8.0f items/s (%v); enqueue %v; end to end %8.0f items/s\n", bs.deliverRate(), bs.deliver.Round(time.Millisecond), bs.enqueue.Round(time.Millisecond), bs.totalRate())
 		fmt.Printf("  river:       deliver %8.0f items/s (%v); enqueue %v; end to end %8.0f items/s\n", rv.deliverRate(), rv.deliver.Round(time.Millisecond), rv.enqueue.Round(time.Millisecond), rv.totalRate())
 		fmt.Printf("  batchsender/river: %.2f× delivering, %.2f× end to end\n", bs.deliverRate()/rv.deliverRate(), bs.totalRate()/rv.totalRate())
+		fmt.Printf("  CPU per item delivered: batchsender %s (server %s, receiver %s, postgres %s); river %s (river+receiver %s, postgres %s); river/batchsender %.2f×\n",
+			perItem(bs.cpu.total(), bs.n), perItem(bs.cpu.server, bs.n), perItem(bs.cpu.self, bs.n), perItem(bs.cpu.postgres, bs.n),
+			perItem(rv.cpu.total(), rv.n), perItem(rv.cpu.self, rv.n), perItem(rv.cpu.postgres, rv.n),
+			float64(rv.cpu.total())/float64(max(bs.cpu.total(), 1)))
 		if store == "postgres" && !cfg.skipBare {
 			recv.Reset()
 			logf("bare loop")
@@ -240,7 +245,7 @@ func (r *racer) check(n int, _ bool) error {
 
 // freshSchema creates a schema and returns a URL working in it and a drop
 // function.
-func freshSchema(ctx context.Context, base, prefix string) (string, func(), error) {
+func freshSchema(ctx context.Context, base, prefix, appName string) (string, func(), error) {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	schema := prefix + hex.EncodeToString(b[:])
@@ -267,6 +272,8 @@ func freshSchema(ctx context.Context, base, prefix string) (string, func(), erro
 	}
 	q := u.Query()
 	q.Set("search_path", schema)
+	// The application name finds the contestant's backends, for their CPU.
+	q.Set("application_name", appName)
 	u.RawQuery = q.Encode()
 	return u.String(), drop, nil
 }
@@ -274,21 +281,21 @@ func freshSchema(ctx context.Context, base, prefix string) (string, func(), erro
 // ---- BatchSender -----------------------------------------------------------
 
 func (r *racer) batchsenderPG(ctx context.Context) (result, error) {
-	dbURL, drop, err := freshSchema(ctx, r.cfg.pgURL, "race_bs_")
+	dbURL, drop, err := freshSchema(ctx, r.cfg.pgURL, "race_bs_", "race_batchsender")
 	if err != nil {
 		return result{}, err
 	}
 	defer drop()
-	return r.batchsender(ctx, "bs-pg", []string{"BATCHSENDER_DATABASE_URL=" + dbURL, "BATCHSENDER_SECRET_KEY=" + hex.EncodeToString(r.key)})
+	return r.batchsender(ctx, "bs-pg", "race_batchsender", []string{"BATCHSENDER_DATABASE_URL=" + dbURL, "BATCHSENDER_SECRET_KEY=" + hex.EncodeToString(r.key)})
 }
 
 func (r *racer) batchsenderSQLite(ctx context.Context) (result, error) {
-	return r.batchsender(ctx, "bs-sqlite", nil)
+	return r.batchsender(ctx, "bs-sqlite", "", nil)
 }
 
 // batchsender runs the real binary with the extra environment and has it
 // deliver N webhooks.
-func (r *racer) batchsender(ctx context.Context, name string, env []string) (result, error) {
+func (r *racer) batchsender(ctx context.Context, name, appName string, env []string) (result, error) {
 	r.recv.Reset()
 	addr, err := e2e.FreeAddr()
 	if err != nil {
@@ -343,6 +350,7 @@ func (r *racer) batchsender(ctx context.Context, name string, env []string) (res
 	}
 	res := result{n: r.cfg.n, enqueue: time.Since(start)}
 	logf("%s: delivering", name)
+	meter := r.startMeter(ctx, srv.PID(), appName)
 	start = time.Now()
 	if err := c.StartBatch(ctx, b.ID); err != nil {
 		return res, err
@@ -356,6 +364,7 @@ func (r *racer) batchsender(ctx context.Context, name string, env []string) (res
 		return b.Status == "completed" || b.Status == "cancelled" || b.Status == "failed"
 	})
 	res.deliver = time.Since(start)
+	res.cpu = meter.stop(ctx)
 	if err != nil {
 		return res, err
 	}
@@ -435,7 +444,7 @@ func (r *racer) jobs() []river.InsertManyParams {
 
 func (r *racer) riverPG(ctx context.Context) (result, error) {
 	r.recv.Reset()
-	dbURL, drop, err := freshSchema(ctx, r.cfg.pgURL, "race_river_")
+	dbURL, drop, err := freshSchema(ctx, r.cfg.pgURL, "race_river_", "race_river")
 	if err != nil {
 		return result{}, err
 	}
@@ -469,7 +478,7 @@ func (r *racer) riverPG(ctx context.Context) (result, error) {
 		err := pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE state = 'completed'`).Scan(&n)
 		return n, err
 	}
-	return r.river(ctx, "river-pg", client, completed)
+	return r.river(ctx, "river-pg", "race_river", client, completed)
 }
 
 func (r *racer) riverSQLite(ctx context.Context) (result, error) {
@@ -511,12 +520,12 @@ func (r *racer) riverSQLite(ctx context.Context) (result, error) {
 		err := reader.QueryRowContext(ctx, `SELECT count(*) FROM river_job WHERE state = 'completed'`).Scan(&n)
 		return n, err
 	}
-	return r.river(ctx, "river-sqlite", client, completed)
+	return r.river(ctx, "river-sqlite", "", client, completed)
 }
 
 // river enqueues N jobs with the client's workers stopped, then starts them
 // and waits until the database holds N completed jobs.
-func (r *racer) river(ctx context.Context, name string, client interface {
+func (r *racer) river(ctx context.Context, name, appName string, client interface {
 	InsertManyFast(context.Context, []river.InsertManyParams) (int, error)
 	Start(context.Context) error
 	Stop(context.Context) error
@@ -532,6 +541,7 @@ func (r *racer) river(ctx context.Context, name string, client interface {
 	}
 	res := result{n: r.cfg.n, enqueue: time.Since(start)}
 	logf("%s: delivering", name)
+	meter := r.startMeter(ctx, 0, appName)
 	start = time.Now()
 	if err := client.Start(ctx); err != nil {
 		return res, err
@@ -564,5 +574,82 @@ func (r *racer) river(ctx context.Context, name string, client interface {
 		}
 	}
 	res.deliver = time.Since(start)
+	res.cpu = meter.stop(ctx)
 	return res, r.check(r.cfg.n, false)
+}
+
+// cpuUse is the CPU time a contestant's delivery took: its own process
+// (BatchSender's server; none for River, which runs in this one), this
+// process (the receiver, and River), and its PostgreSQL backends.
+type cpuUse struct {
+	server, self, postgres time.Duration
+}
+
+func (c cpuUse) total() time.Duration { return c.server + c.self + c.postgres }
+
+// perItem formats a CPU time per item in microseconds.
+func perItem(d time.Duration, n int) string {
+	return fmt.Sprintf("%.0fµs", float64(d.Microseconds())/float64(n))
+}
+
+// meter measures a cpuUse between startMeter and stop. CPU time depends
+// far less on the other load of a shared machine than rates do.
+type meter struct {
+	r         *racer
+	serverPID int
+	appName   string
+	server0   time.Duration
+	self0     time.Duration
+	pg0       map[int]time.Duration
+}
+
+func (r *racer) startMeter(ctx context.Context, serverPID int, appName string) *meter {
+	m := &meter{r: r, serverPID: serverPID, appName: appName, self0: benchmarks.SelfCPU()}
+	if serverPID > 0 {
+		m.server0, _ = benchmarks.ProcessCPU(serverPID)
+	}
+	m.pg0 = r.backendCPU(ctx, appName)
+	return m
+}
+
+func (m *meter) stop(ctx context.Context) cpuUse {
+	var u cpuUse
+	u.self = benchmarks.SelfCPU() - m.self0
+	if m.serverPID > 0 {
+		if c, err := benchmarks.ProcessCPU(m.serverPID); err == nil {
+			u.server = c - m.server0
+		}
+	}
+	for pid, c := range m.r.backendCPU(ctx, m.appName) {
+		u.postgres += c - m.pg0[pid] // a backend started meanwhile counts whole
+	}
+	return u
+}
+
+// backendCPU returns the CPU time so far of each PostgreSQL backend whose
+// application_name is appName (none when appName is empty).
+func (r *racer) backendCPU(ctx context.Context, appName string) map[int]time.Duration {
+	out := map[int]time.Duration{}
+	if appName == "" {
+		return out
+	}
+	conn, err := pgx.Connect(ctx, r.cfg.pgURL)
+	if err != nil {
+		return out
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = $1`, appName)
+	if err != nil {
+		return out
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		return out
+	}
+	for _, pid := range pids {
+		if c, err := benchmarks.ProcessCPU(int(pid)); err == nil {
+			out[int(pid)] = c
+		}
+	}
+	return out
 }
