@@ -25,6 +25,7 @@ import (
 	"github.com/batchsender/batchsender"
 	"github.com/batchsender/batchsender/auth"
 	"github.com/batchsender/batchsender/engine"
+	"github.com/batchsender/batchsender/events"
 	"github.com/batchsender/batchsender/httpapi"
 	"github.com/batchsender/batchsender/providers"
 	"github.com/batchsender/batchsender/secretbox"
@@ -82,6 +83,7 @@ type bundle struct {
 	maxUpl       int64
 	readyErr     error
 	unsub        *unsubscribe.Signer // signs links whose base is srv.URL
+	events       *events.Receiver    // nil: the default
 }
 
 func (b *bundle) addSecret(s ...string) {
@@ -103,6 +105,10 @@ func withLimits(body, upload int64) setupOption {
 }
 
 func withReadyError(err error) setupOption { return func(b *bundle) { b.readyErr = err } }
+
+// withEvents makes the server read event webhooks with r (whose SNS
+// certificates come from the test, never from the network).
+func withEvents(r *events.Receiver) setupOption { return func(b *bundle) { b.events = r } }
 
 // withEngine runs the real engine behind the API (and lets providers reach
 // loopback, where the tests' receivers listen).
@@ -180,6 +186,7 @@ func setup(t testing.TB, opts ...setupOption) *bundle {
 		EventsPoll:      20 * time.Millisecond,
 		EventsHeartbeat: 50 * time.Millisecond,
 		Unsubscribe:     b.unsub,
+		Events:          b.events,
 	})
 	b.srv.Config.Handler = handler
 	b.srv.Start()

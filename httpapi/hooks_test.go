@@ -2,11 +2,22 @@ package httpapi_test
 
 import (
 	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/batchsender/batchsender"
+	"github.com/batchsender/batchsender/events"
 )
 
 // storedConnection stores a connection directly, sealed as the API would
@@ -77,4 +88,63 @@ func TestProviderEventWebhooks(t *testing.T) {
 	// Unknown connections and providers without event webhooks: 404.
 	b.do(t, call{method: "POST", path: "/v1/hooks/con_missing/events", key: keyOf(""), json: map[string]any{}}).expectProblem(t, http.StatusNotFound)
 	b.do(t, call{method: "POST", path: "/v1/hooks/" + echo.ID + "/events", key: keyOf(""), json: map[string]any{}}).expectProblem(t, http.StatusNotFound)
+}
+
+// SES events arrive through SNS, which posts JSON labelled text/plain and
+// signs it with a certificate the server fetches; here the certificate is
+// made by the test and handed over through events.Options.
+func TestSESEventsThroughSNS(t *testing.T) {
+	t.Parallel()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	const certURL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-test.pem"
+	const topic = "arn:aws:sns:eu-west-1:123456789012:ses"
+	b := setup(t, withEvents(events.New(events.Options{
+		SNSCertificate: func(_ context.Context, url string) (*x509.Certificate, error) {
+			if url != certURL {
+				return nil, fmt.Errorf("no certificate at %s", url)
+			}
+			return cert, nil
+		},
+		SNSConfirm: func(context.Context, string) error { return errors.New("not expected") },
+	})))
+	ses := b.storedConnection(t, "email.ses", "ses", `{"region":"eu-west-1","events":{"topic_arns":["`+topic+`"]}}`, `{}`)
+
+	msg := map[string]string{"Type": "Notification", "MessageId": "m-1", "TopicArn": topic, "Timestamp": "2026-12-04T12:00:00.000Z",
+		"Message":          `{"eventType":"Complaint","complaint":{"complainedRecipients":[{"emailAddress":"Angry@Example.com"}]}}`,
+		"SignatureVersion": "2", "SigningCertURL": certURL}
+	toSign := ""
+	for _, k := range []string{"Message", "MessageId", "Timestamp", "TopicArn", "Type"} {
+		toSign += k + "\n" + msg[k] + "\n"
+	}
+	sum := sha256.Sum256([]byte(toSign))
+	sig, err := rsa.SignPKCS1v15(rand.Reader, key, crypto.SHA256, sum[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg["Signature"] = base64.StdEncoding.EncodeToString(sig)
+	body, _ := json.Marshal(msg)
+
+	var res struct {
+		Suppressed int `json:"suppressed"`
+	}
+	b.do(t, call{method: "POST", path: "/v1/hooks/" + ses.ID + "/events", key: keyOf(""), contentType: "text/plain; charset=UTF-8", body: string(body)}).
+		expect(t, http.StatusOK).decode(t, &res)
+	got := b.suppressions(t, b.key, "")
+	if res.Suppressed != 1 || len(got) != 1 || got[0].Address != "angry@example.com" || got[0].Reason != "complaint" || got[0].Source != "ses events" {
+		t.Fatalf("suppressed %d: %+v", res.Suppressed, got)
+	}
+	// The same message with its signature broken is refused.
+	msg["Signature"] = base64.StdEncoding.EncodeToString(append(sig[:len(sig)-1], sig[len(sig)-1]^1))
+	body, _ = json.Marshal(msg)
+	b.do(t, call{method: "POST", path: "/v1/hooks/" + ses.ID + "/events", key: keyOf(""), contentType: "text/plain; charset=UTF-8", body: string(body)}).
+		expectProblem(t, http.StatusUnauthorized)
 }
