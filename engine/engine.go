@@ -44,9 +44,9 @@
 // concurrency, when above 0, else the provider's Info defaults. On a store
 // that several processes share (batchsender.LimitStore, PostgreSQL) they
 // hold across all nodes together: rate slots come from one token bucket row
-// in groups of about a tenth of a second (one round trip per group), at 98%
+// in groups of about a tenth of a second (one round trip per group), at 95%
 // of the configured rate so that clock and scheduling jitter between nodes
-// cannot push a one-second window over it; a call that would start more
+// (up to about 50ms) cannot push a one-second window over it; a call that would start more
 // than half a slot late takes a fresh slot instead. Concurrency slots are
 // rows leased by nodes for LeaseDuration, renewed every LeaseDuration/20,
 // and used only while renewed within LeaseDuration/10, so a slot's lease

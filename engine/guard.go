@@ -76,8 +76,10 @@ func (r *runner) guardCheck(results []batchsender.ItemResult) {
 	if reason == "" {
 		return
 	}
-	r.e.stats.guardPauses.Add(1)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.e.runCtx), storeTimeout)
 	defer cancel()
-	r.pause(ctx, reason)
+	if r.pause(ctx, reason) {
+		r.e.stats.guardPauses.Add(1)
+		r.recheck.Store(true)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -27,6 +28,9 @@ type runner struct {
 	log   *slog.Logger
 	pokes chan struct{}
 	guard guard
+	// recheck makes the loop look at the batch's status before it hands
+	// out more queued items (set when this node paused the batch).
+	recheck atomic.Bool
 
 	// Set by prepare, once.
 	prepared bool
@@ -216,8 +220,9 @@ func (r *runner) prepare(ctx context.Context) bool {
 	return true
 }
 
-// pause pauses the batch because it cannot be carried out.
-func (r *runner) pause(ctx context.Context, reason string) {
+// pause pauses the batch because it cannot be carried out, and reports
+// whether this call paused it.
+func (r *runner) pause(ctx context.Context, reason string) bool {
 	_, err := r.e.store.BatchTransition(ctx, batchsender.BatchTransitionParams{
 		ProjectID: r.batch.ProjectID,
 		BatchID:   r.batch.ID,
@@ -228,12 +233,14 @@ func (r *runner) pause(ctx context.Context, reason string) {
 	switch {
 	case err == nil:
 		r.log.Warn("batch paused", slog.String("reason", reason))
+		return true
 	case batchsender.ErrorCode(err) == batchsender.ECONFLICT:
 		// Paused, cancelled or completed meanwhile: nothing left to stop.
 	case ctx.Err() == nil:
 		r.log.Error("pausing batch", slog.String("reason", reason), slog.Any("error", err))
 		r.backoff(ctx, "pausing batch", err)
 	}
+	return false
 }
 
 // backoff keeps the supervisor from restarting the runner at once after a
@@ -416,7 +423,7 @@ const statusCheckEvery = 100 * time.Millisecond
 // looking at most every statusCheckEvery. A store error counts as running:
 // the items are in flight under a lease either way.
 func (r *runner) queueStillRunnable(ctx context.Context, now time.Time) bool {
-	if now.Sub(r.statusAt) < statusCheckEvery && !now.Before(r.statusAt) {
+	if !r.recheck.Swap(false) && now.Sub(r.statusAt) < statusCheckEvery && !now.Before(r.statusAt) {
 		return true
 	}
 	r.statusAt = now
