@@ -34,6 +34,9 @@ type optionsRequest struct {
 	RetryBaseDelay json.RawMessage `json:"retry_base_delay,omitempty"`
 	RetryMaxDelay  json.RawMessage `json:"retry_max_delay,omitempty"`
 	AtLeastOnce    bool            `json:"at_least_once,omitempty"`
+	// FailureThreshold is a pointer: absent means the default, 0 turns the
+	// failure-rate guard off.
+	FailureThreshold *float64 `json:"failure_threshold,omitempty"`
 }
 
 func (o optionsRequest) parse() (batchsender.BatchOptions, error) {
@@ -42,6 +45,8 @@ func (o optionsRequest) parse() (batchsender.BatchOptions, error) {
 		Concurrency:   o.Concurrency,
 		MaxAttempts:   o.MaxAttempts,
 		AtLeastOnce:   o.AtLeastOnce,
+
+		FailureThreshold: o.FailureThreshold,
 	}
 	if o.SendAt != "" {
 		t, err := time.Parse(time.RFC3339, o.SendAt)
