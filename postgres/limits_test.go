@@ -204,3 +204,88 @@ func clusterLimits(t *testing.T, items, rate, conc int, hold time.Duration) {
 	t.Logf("%d items in %s; worst one-second window %d (limit %d/s); max in flight %d (limit %d); %d nodes worked",
 		items, elapsed.Round(time.Millisecond), worst, rate, maxSeen.Load(), conc, busy)
 }
+
+func TestRateTake(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	// 100/s: slots 10ms apart; a horizon of 45ms grants at most 5.
+	got, wait, err := s.RateTake(ctx, "k", 100, 10, 45*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 5 || wait != 0 {
+		t.Fatalf("first take: %d slots from %v, want 5 from now", got, wait)
+	}
+	// The next five follow the first: they start about 50ms from now.
+	got, wait, err = s.RateTake(ctx, "k", 100, 5, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 5 || wait < 30*time.Millisecond || wait > 50*time.Millisecond {
+		t.Fatalf("second take: %d slots from %v, want 5 from about 50ms", got, wait)
+	}
+	// Nothing due within a horizon shorter than the wait: none granted,
+	// and wait says when the next slot falls due.
+	got, wait, err = s.RateTake(ctx, "k", 100, 5, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 0 || wait < 60*time.Millisecond {
+		t.Fatalf("third take: %d slots, next due in %v; want none, due in about 100ms", got, wait)
+	}
+	// Another key has its own bucket.
+	if got, wait, err := s.RateTake(ctx, "other", 100, 1, 0); err != nil || got != 1 || wait != 0 {
+		t.Fatalf("other key: %d from %v, %v; want 1 now", got, wait, err)
+	}
+	if _, _, err := s.RateTake(ctx, "k", 0, 1, time.Second); batchsender.ErrorCode(err) != batchsender.EINVALID {
+		t.Fatalf("rate 0: %v, want EINVALID", err)
+	}
+}
+
+func TestSlots(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	ttl := time.Minute
+	// Alone, A may lease every slot but no more than the limit.
+	got, share, err := s.SlotsAcquire(ctx, "k", "a", 3, 5, ttl)
+	if err != nil || got != 3 || share != 3 {
+		t.Fatalf("a: got %d share %d (%v), want 3 of 3", got, share, err)
+	}
+	// B wants some: none is free, and the shares are now 2 each.
+	got, share, err = s.SlotsAcquire(ctx, "k", "b", 3, 2, ttl)
+	if err != nil || got != 0 || share != 2 {
+		t.Fatalf("b: got %d share %d (%v), want 0 with share 2", got, share, err)
+	}
+	// A renews, learns its share and gives one back; B gets it, not more
+	// than its share.
+	held, share, err := s.SlotsRenew(ctx, "k", "a", 3, ttl)
+	if err != nil || held != 3 || share != 2 {
+		t.Fatalf("a renew: held %d share %d (%v), want 3 with share 2", held, share, err)
+	}
+	if err := s.SlotsRelease(ctx, "k", "a", 1); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err = s.SlotsAcquire(ctx, "k", "b", 3, 5, ttl); err != nil || got != 1 {
+		t.Fatalf("b after a gave one back: got %d (%v), want 1", got, err)
+	}
+	// Expired leases come free: C leases with a ttl already over.
+	if err := s.SlotsRelease(ctx, "k", "b", 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err = s.SlotsAcquire(ctx, "k", "c", 3, 1, -time.Second); err != nil || got != 1 {
+		t.Fatalf("c: got %d (%v), want 1", got, err)
+	}
+	if got, _, err = s.SlotsAcquire(ctx, "k", "b", 3, 1, ttl); err != nil || got != 1 {
+		t.Fatalf("b after c's lease expired: got %d (%v), want 1 (C's expired slot)", got, err)
+	}
+	// Never more than the limit leased at once.
+	var n int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM conc_slots WHERE key = 'k' AND owner IS NOT NULL AND expires_at > now()`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n > 3 {
+		t.Fatalf("%d slots leased, limit 3", n)
+	}
+}
