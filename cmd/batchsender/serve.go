@@ -195,7 +195,7 @@ func writeEngineMetrics(w io.Writer, s engine.Stats) {
 	metric("attempts_retried_total", "counter", "Attempts that failed and will be tried again.", s.Retried)
 	metric("items_failed_total", "counter", "Items that failed for good.", s.Failed)
 	metric("items_unknown_total", "counter", "Items whose send may or may not have happened.", s.Unknown)
-	metric("items_released_total", "counter", "Claimed items given back unsent at shutdown.", s.Released)
+	metric("items_released_total", "counter", "Claimed items given back unsent (shutdown, pause, cancel, or a lease half over).", s.Released)
 	metric("items_rescued_total", "counter", "Items whose expired lease this engine rescued.", s.Rescued)
 	metric("claims_total", "counter", "Claims that returned items.", s.Claims)
 	metric("items_claimed_total", "counter", "Items claimed.", s.ItemsClaimed)
@@ -208,4 +208,5 @@ func writeEngineMetrics(w io.Writer, s engine.Stats) {
 	metric("results_written_total", "counter", "Results the store took.", s.ResultsWritten)
 	metric("results_ignored_total", "counter", "Results ignored because their lease had been rescued.", s.ResultsIgnored)
 	metric("runners", "gauge", "Batches being worked on now.", s.Runners)
+	metric("guard_pauses_total", "counter", "Batches the failure-rate guard paused.", s.GuardPauses)
 }
