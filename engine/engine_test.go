@@ -608,6 +608,35 @@ func TestEngine(t *testing.T) {
 		t.Logf("%d claims for 1500 items", st.Claims)
 	})
 
+	t.Run("ConnectionConfigSetsLimits", func(t *testing.T) {
+		t.Parallel()
+		// test.single defaults to 8 in flight and no rate; the connection's
+		// config sets 2 in flight and 40 calls a second.
+		f := setup(t, "test.single")
+		key, ctl := newControl()
+		t.Cleanup(func() { controls.Delete(key) })
+		conn, err := f.store.ConnectionCreate(f.ctx, batchsender.ConnectionCreateParams{
+			ProjectID: f.project.ID, Provider: "test.single", Name: "limited",
+			Config: json.RawMessage(fmt.Sprintf(`{"key":%q,"rate_per_second":40,"concurrency":2}`, key)),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctl.send = each(func(context.Context, sdk.Item) sdk.Result {
+			time.Sleep(20 * time.Millisecond)
+			return sdk.OK("m")
+		})
+		f.conn, f.ctl = conn, ctl
+		t0 := time.Now()
+		b := f.batch(t, 40, batchsender.BatchRunning, batchsender.BatchOptions{})
+		f.engine(t, engine.Config{})
+		f.waitStatus(t, b.ID, batchsender.BatchCompleted)
+		if got := ctl.maxSeen.Load(); got != 2 {
+			t.Fatalf("max calls in flight = %d, want the connection's 2 (reached)", got)
+		}
+		checkRate(t, ctl.records(), t0, 40, 1)
+	})
+
 	t.Run("SmallBatchIsNotStarvedByHugeOne", func(t *testing.T) {
 		t.Parallel()
 		f := setup(t, "test.chunked") // 4 calls of 10 items in flight

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"math"
 	"time"
@@ -73,7 +74,10 @@ func (e *Engine) limitsFor(conn batchsender.Connection, info sdk.Info) *connLimi
 	}
 	l := &connLimits{rate: r, conc: c}
 	if ls, ok := e.store.(batchsender.LimitStore); ok {
-		l.csem = newClusterSem(e, ls, "conn:"+conn.ID, c)
+		// The limit is part of the key: after a change, the old limit's
+		// slots (still held by calls that started under it) are not the
+		// new one's, so one node's two sets never release each other's.
+		l.csem = newClusterSem(e, ls, fmt.Sprintf("conn:%s:%d", conn.ID, c), c)
 		if r > 0 && !math.IsInf(r, 1) {
 			l.crate = &clusterRate{e: e, ls: ls, key: "conn:" + conn.ID, rate: r * clusterRateMargin}
 		}

@@ -90,7 +90,7 @@ func (c *Cache) provision(ctx context.Context, providerID string, config, secret
 	}
 	p := reg.New()
 	env := sdk.Env{
-		Config:               withoutEvents(config),
+		Config:               withoutHostLimits(withoutEvents(config), p.Info().ConfigSchema),
 		Secrets:              withoutEvents(secrets),
 		Logger:               c.cfg.Logger.With(slog.String("provider", providerID)),
 		Dialer:               c.cfg.Dialer,
@@ -165,6 +165,42 @@ func withoutEvents(raw json.RawMessage) json.RawMessage {
 		return raw
 	}
 	delete(m, EventsKey)
+	out, err := json.Marshal(m)
+	if err != nil {
+		return raw
+	}
+	return out
+}
+
+// HostLimitKeys are the top-level keys of a connection's config that the
+// engine reads for every provider (the connection's rate and concurrency
+// limits). A provider sees them only when its config schema declares them,
+// so that providers decoding their config strictly do not refuse them.
+var HostLimitKeys = []string{"rate_per_second", "concurrency"}
+
+// withoutHostLimits returns a config object without the HostLimitKeys its
+// provider's schema does not declare, or raw unchanged when it has none.
+func withoutHostLimits(raw, schema json.RawMessage) json.RawMessage {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return raw
+	}
+	var declared struct {
+		Properties map[string]json.RawMessage `json:"properties"`
+	}
+	_ = json.Unmarshal(schema, &declared)
+	changed := false
+	for _, k := range HostLimitKeys {
+		if _, ok := m[k]; ok {
+			if _, ok := declared.Properties[k]; !ok {
+				delete(m, k)
+				changed = true
+			}
+		}
+	}
+	if !changed {
+		return raw
+	}
 	out, err := json.Marshal(m)
 	if err != nil {
 		return raw
