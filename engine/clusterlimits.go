@@ -183,7 +183,9 @@ func (c *clusterSem) acquire(ctx context.Context) error {
 			continue
 		}
 		c.waiting++
-		want := c.waiting
+		// Up to the share in one round trip: slots this node does not
+		// use go back once it idles or its share shrinks.
+		want := max(c.waiting, c.share-c.have)
 		c.mu.Unlock()
 		asked := c.e.now()
 		got, share, err := c.ls.SlotsAcquire(ctx, c.key, c.e.cfg.NodeID, c.limit, want, c.ttl())
