@@ -527,7 +527,7 @@ type Stats struct {
 	Retried        int64 // attempts that failed and will be tried again
 	Failed         int64 // items that failed for good (permanent, or attempts used up)
 	Unknown        int64 // items whose send may or may not have happened
-	Released       int64 // claimed items given back unsent at shutdown
+	Released       int64 // claimed items given back unsent (shutdown, pause, cancel, lease half over)
 	Rescued        int64 // items whose lease this engine rescued
 	Claims         int64 // claims that returned items
 	ItemsClaimed   int64
