@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -606,6 +607,36 @@ func TestEngine(t *testing.T) {
 			t.Fatalf("max calls in flight = %d, want at most the connection's 8", got)
 		}
 		t.Logf("%d claims for 1500 items", st.Claims)
+	})
+
+	t.Run("QueuedItemsAreGivenBackWhenHalfTheirLeaseIsGone", func(t *testing.T) {
+		t.Parallel()
+		// One call at a time, fast, so the runner queues items ahead; a few
+		// items then take most of a 1s lease each. Items queued behind them
+		// must not be sent with little lease left: they go back and are
+		// claimed again, each sent once, none rescued.
+		f := setup(t, "test.single")
+		var sent sync.Map
+		f.ctl.send = each(func(_ context.Context, it sdk.Item) sdk.Result {
+			if n, _ := sent.LoadOrStore(it.ID, new(atomic.Int64)); n.(*atomic.Int64).Add(1) > 1 {
+				return sdk.Permanent(fmt.Errorf("item %d sent twice", it.Seq))
+			}
+			if it.Seq%50 == 0 && it.Seq <= 200 {
+				time.Sleep(600 * time.Millisecond)
+			}
+			return sdk.OK("m")
+		})
+		b := f.batch(t, 300, batchsender.BatchRunning, guardOff(batchsender.BatchOptions{Concurrency: 1}))
+		e, _ := f.engine(t, engine.Config{LeaseDuration: time.Second})
+		b = f.waitStatus(t, b.ID, batchsender.BatchCompleted)
+		st := e.Stats()
+		if b.Counts.Succeeded != 300 || st.Rescued != 0 {
+			t.Fatalf("counts %+v, stats %+v: want 300 succeeded, none rescued", b.Counts, st)
+		}
+		if st.Released == 0 {
+			t.Fatalf("stats %+v: want queued items given back while slow calls ran", st)
+		}
+		t.Logf("%d claims, %d items given back", st.Claims, st.Released)
 	})
 
 	t.Run("ConnectionConfigSetsLimits", func(t *testing.T) {
