@@ -201,13 +201,13 @@ func Parse(src string) (*Template, error) {
 			}
 		}
 	}
-	text, err := engine.ParseString(src)
+	text, err := parseString(src)
 	if err != nil {
-		return nil, fmt.Errorf("parsing template: %w", err)
+		return nil, err
 	}
-	htm, err := engine.ParseString(htmlSrc.String())
+	htm, err := parseString(htmlSrc.String())
 	if err != nil {
-		return nil, fmt.Errorf("parsing template: %w", err)
+		return nil, err
 	}
 	t := &Template{src: src, text: text, html: htm}
 	for v := range required {
@@ -268,9 +268,37 @@ func (t *Template) Render(vars map[string]any, htmlMode bool) (string, error) {
 	if htmlMode {
 		tpl = t.html
 	}
-	out, err := tpl.RenderString(vars)
-	if err != nil {
-		return "", fmt.Errorf("rendering template: %w", err)
+	return renderString(tpl, vars)
+}
+
+// parseString parses with the library, turning its panics (it panics on
+// some malformed input, such as an integer literal out of range, found by
+// FuzzParse) into errors: a template is user input and must never crash
+// the server.
+func parseString(src string) (t *liquid.Template, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			t, err = nil, fmt.Errorf("parsing template: %v", r)
+		}
+	}()
+	t, perr := engine.ParseString(src)
+	if perr != nil {
+		return nil, fmt.Errorf("parsing template: %w", perr)
+	}
+	return t, nil
+}
+
+// renderString renders with the library, turning its panics into errors for
+// the same reason as parseString.
+func renderString(t *liquid.Template, vars map[string]any) (out string, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			out, err = "", fmt.Errorf("rendering template: %v", r)
+		}
+	}()
+	out, rerr := t.RenderString(vars)
+	if rerr != nil {
+		return "", fmt.Errorf("rendering template: %w", rerr)
 	}
 	return out, nil
 }
