@@ -32,9 +32,9 @@ type urlCache struct {
 	ok map[string]struct{}
 }
 
-func (c *urlCache) has(u []byte) bool {
+func (c *urlCache) has(u string) bool {
 	c.mu.Lock()
-	_, ok := c.ok[string(u)] // no allocation: the compiler looks up without converting
+	_, ok := c.ok[u]
 	c.mu.Unlock()
 	return ok
 }
@@ -53,10 +53,34 @@ func (c *urlCache) add(u string) {
 // validateFast reports whether data is certainly a valid item for s. false
 // means "not sure", never "invalid".
 func (s *sender) validateFast(data []byte) bool {
+	it, ok := scanFields(data)
+	if !ok {
+		return false
+	}
+	if it.URL == "" {
+		return s.tmplURL != nil
+	}
+	if s.urls.has(it.URL) {
+		return true
+	}
+	if _, err := parseURL(it.URL, s.p.allowPrivate); err != nil {
+		return false
+	}
+	s.urls.add(it.URL)
+	return true
+}
+
+// scanFields reads an item of the common shape with the hand-written
+// scanner and returns the fields the full decode would return (headers
+// checked and canonicalised, a null payload as none; the URL is not
+// checked). Send resolves every item again, so this spares each delivery
+// a strict encoding/json decode. ok false means "not sure": the caller
+// takes the full decode, which decides and words any error.
+func scanFields(data []byte) (it fields, ok bool) {
 	sc := scanner{b: data}
 	sc.ws()
 	if !sc.eat('{') {
-		return false
+		return it, false
 	}
 	var url, method []byte
 	var seen uint8 // bit per known key: duplicates take the full path
@@ -67,11 +91,11 @@ func (s *sender) validateFast(data []byte) bool {
 			sc.ws()
 			key, ok := sc.plainString()
 			if !ok {
-				return false
+				return it, false
 			}
 			sc.ws()
 			if !sc.eat(':') {
-				return false
+				return it, false
 			}
 			sc.ws()
 			var bit uint8
@@ -79,28 +103,31 @@ func (s *sender) validateFast(data []byte) bool {
 			case "url":
 				bit = 1
 				if url, ok = sc.plainString(); !ok {
-					return false
+					return it, false
 				}
 			case "method":
 				bit = 2
 				if method, ok = sc.plainString(); !ok {
-					return false
+					return it, false
 				}
 			case "headers":
 				bit = 4
 				if headers, ok = sc.headers(); !ok {
-					return false
+					return it, false
 				}
 			case "payload":
 				bit = 8
+				start := sc.i
 				if !sc.value(0) {
-					return false
+					return it, false
 				}
+				// The value's own bytes, as json.RawMessage keeps them.
+				it.Payload = data[start:sc.i:sc.i]
 			default:
-				return false // unknown here: the full path refuses it, or matches a key case-insensitively
+				return it, false // unknown here: the full path refuses it, or matches a key case-insensitively
 			}
 			if seen&bit != 0 {
-				return false
+				return it, false
 			}
 			seen |= bit
 			sc.ws()
@@ -108,34 +135,34 @@ func (s *sender) validateFast(data []byte) bool {
 				break
 			}
 			if !sc.eat(',') {
-				return false
+				return it, false
 			}
 		}
 	}
 	sc.ws()
 	if sc.i != len(sc.b) {
-		return false
+		return it, false
 	}
-	if len(method) > 0 && !methods[string(method)] {
-		return false
+	if len(method) > 0 {
+		if !methods[string(method)] {
+			return it, false
+		}
+		it.Method = string(method)
 	}
 	if headers != nil {
-		if _, err := checkHeaders(headers); err != nil {
-			return false
+		h, err := checkHeaders(headers)
+		if err != nil {
+			return it, false
 		}
+		it.Headers = h
 	}
-	if len(url) == 0 {
-		return s.tmplURL != nil
+	if string(it.Payload) == "null" {
+		it.Payload = nil
 	}
-	if s.urls.has(url) {
-		return true
+	if len(url) > 0 {
+		it.URL = string(url)
 	}
-	u := string(url)
-	if _, err := parseURL(u, s.p.allowPrivate); err != nil {
-		return false
-	}
-	s.urls.add(u)
-	return true
+	return it, true
 }
 
 // scanner walks JSON bytes. Its methods return false at anything they do

@@ -1,8 +1,10 @@
 package webhook
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"testing"
 )
 
@@ -69,7 +71,8 @@ func TestValidateFast(t *testing.T) {
 	s := compile(t, p, `{"url":"https://hooks.example.com/in"}`).(*sender)
 	for _, tc := range fastCases {
 		fast := s.validateFast([]byte(tc.data))
-		_, full := s.resolve(json.RawMessage(tc.data))
+		_, full := s.resolveFull(json.RawMessage(tc.data))
+		sameResolve(t, s, tc.data)
 		if fast != tc.fast {
 			t.Errorf("validateFast(%s) = %v, want %v (full decode: %v)", tc.data, fast, tc.fast, full)
 		}
@@ -109,6 +112,25 @@ func TestValidateFastURLCache(t *testing.T) {
 	}
 }
 
+// sameResolve checks that resolve, which reads items with the fast scanner
+// when it can, gives what the strict decode gives: the same request, or
+// an error where the decode errs.
+func sameResolve(t *testing.T, s *sender, data string) {
+	t.Helper()
+	got, gotErr := s.resolve(json.RawMessage(data))
+	want, wantErr := s.resolveFull(json.RawMessage(data))
+	if (gotErr != nil) != (wantErr != nil) {
+		t.Fatalf("resolve(%q): error %v, the strict decode's %v", data, gotErr, wantErr)
+	}
+	if wantErr != nil {
+		return // both refuse; the wording may name either of two clashing headers
+	}
+	if got.url.String() != want.url.String() || got.hostKey != want.hostKey || got.method != want.method ||
+		!bytes.Equal(got.body, want.body) || (got.body == nil) != (want.body == nil) || !maps.Equal(got.headers, want.headers) {
+		t.Errorf("resolve(%q) = %+v, the strict decode gives %+v", data, got, want)
+	}
+}
+
 // FuzzValidateFast checks the one property that matters: whatever the
 // fast path accepts, the full decode accepts too.
 func FuzzValidateFast(f *testing.F) {
@@ -119,8 +141,9 @@ func FuzzValidateFast(f *testing.F) {
 	p.cfg = Config{}
 	s := &sender{p: p}
 	f.Fuzz(func(t *testing.T, data string) {
+		sameResolve(t, s, data)
 		if s.validateFast([]byte(data)) {
-			if _, err := s.resolve(json.RawMessage(data)); err != nil {
+			if _, err := s.resolveFull(json.RawMessage(data)); err != nil {
 				t.Errorf("validateFast(%q) accepted what the full decode refuses: %v", data, err)
 			}
 		}
@@ -148,7 +171,7 @@ func BenchmarkValidateItem(b *testing.B) {
 	b.Run("full", func(b *testing.B) {
 		i := 0
 		for b.Loop() {
-			if _, err := s.resolve(rows[i%len(rows)]); err != nil {
+			if _, err := s.resolveFull(rows[i%len(rows)]); err != nil {
 				b.Fatal(err)
 			}
 			i++

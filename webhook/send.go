@@ -34,10 +34,11 @@ const (
 
 // sender is one batch's compiled template.
 type sender struct {
-	p       *Provider
-	tmpl    fields
-	tmplURL *url.URL // the template's URL, parsed and checked once
-	urls    urlCache // item URLs already checked, for ValidateItem
+	p        *Provider
+	tmpl     fields
+	tmplURL  *url.URL // the template's URL, parsed and checked once
+	tmplHost string   // hostKey(tmplURL)
+	urls     urlCache // item URLs already checked, for ValidateItem
 }
 
 // request is an item merged over the template, ready to send.
@@ -51,10 +52,28 @@ type request struct {
 
 // resolve merges an item over the template and validates the result.
 func (s *sender) resolve(data json.RawMessage) (request, error) {
+	it, ok := scanFields(data)
+	if !ok {
+		var err error
+		if it, err = decodeFields(data, "item"); err != nil {
+			return request{}, err
+		}
+	}
+	return s.merge(it)
+}
+
+// resolveFull is resolve through the strict decode only: the reference the
+// fast scanner is tested against.
+func (s *sender) resolveFull(data json.RawMessage) (request, error) {
 	it, err := decodeFields(data, "item")
 	if err != nil {
 		return request{}, err
 	}
+	return s.merge(it)
+}
+
+// merge lays an item's decoded fields over the template.
+func (s *sender) merge(it fields) (request, error) {
 	var r request
 	switch {
 	case it.URL != "":
@@ -68,10 +87,13 @@ func (s *sender) resolve(data json.RawMessage) (request, error) {
 		// its own copy.
 		u := *s.tmplURL
 		r.url = &u
+		r.hostKey = s.tmplHost
 	default:
 		return r, errors.New("url: is required (set it on the item or in the batch template)")
 	}
-	r.hostKey = hostKey(r.url)
+	if r.hostKey == "" {
+		r.hostKey = hostKey(r.url)
+	}
 	r.method = s.tmpl.Method
 	if it.Method != "" {
 		r.method = it.Method
@@ -183,22 +205,32 @@ func (p *Provider) do(ctx context.Context, item sdk.Item, r request) sdk.Result 
 		Host:       r.url.Host,
 	}
 	req = req.WithContext(reqCtx)
+	// All header values share one backing array: one allocation instead
+	// of one per header. Each value is a full slice of length 1 and
+	// capacity 1, so an append by anyone reallocates rather than
+	// overwriting the next header.
+	vals := make([]string, 0, len(r.headers)+5)
+	set := func(k, v string) {
+		vals = append(vals, v)
+		n := len(vals)
+		req.Header[k] = vals[n-1 : n : n]
+	}
 	if len(r.body) > 0 {
 		req.Body = io.NopCloser(bytes.NewReader(r.body))
 		req.ContentLength = int64(len(r.body))
 		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(r.body)), nil }
-		req.Header["Content-Type"] = []string{"application/json"}
+		set("Content-Type", "application/json")
 	}
-	req.Header["User-Agent"] = []string{p.cfg.UserAgent}
+	set("User-Agent", p.cfg.UserAgent)
 	for k, v := range r.headers {
-		req.Header[k] = []string{v}
+		set(k, v)
 	}
 	// The timestamp is this attempt's; the ID is the item's, the same on
 	// every attempt, so receivers can de-duplicate.
 	ts := p.now().Unix()
-	req.Header[HeaderID] = []string{item.ID}
-	req.Header[HeaderTimestamp] = []string{strconv.FormatInt(ts, 10)}
-	req.Header[HeaderSignature] = []string{Sign(p.key, item.ID, ts, r.body)}
+	set(HeaderID, item.ID)
+	set(HeaderTimestamp, strconv.FormatInt(ts, 10))
+	set(HeaderSignature, p.sign(item.ID, ts, r.body))
 
 	// Latency is a measurement, not a decision, so it uses the monotonic
 	// clock rather than the injected one.
@@ -209,15 +241,25 @@ func (p *Provider) do(ctx context.Context, item sdk.Item, r request) sdk.Result 
 		res.Latency = time.Since(start)
 		return res
 	}
-	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, snippetSize))
-	_, _ = io.CopyN(io.Discard, resp.Body, drainSize)
+	buf := snippetBufs.Get().(*[snippetSize]byte)
+	n, _ := io.ReadFull(resp.Body, buf[:])
+	if n == snippetSize {
+		_, _ = io.CopyN(io.Discard, resp.Body, drainSize)
+	}
 	_ = resp.Body.Close()
 	res := classifyResponse(resp, item.ID, p.now())
 	res.StatusCode = resp.StatusCode
-	res.Response = cleanSnippet(snippet)
+	if n > 0 {
+		res.Response = cleanSnippet(buf[:n]) // a copy: buf goes back to the pool
+	}
+	snippetBufs.Put(buf)
 	res.Latency = time.Since(start)
 	return res
 }
+
+// snippetBufs holds the buffers answers are read into before their prefix
+// is copied into the result.
+var snippetBufs = sync.Pool{New: func() any { return new([snippetSize]byte) }}
 
 // classifyError turns a failed round trip into a result. Every such
 // failure is retried except a destination the SSRF guard refused: the
@@ -247,10 +289,11 @@ func isTimeout(err error) bool {
 // Standard Webhooks delivery rules.
 func classifyResponse(resp *http.Response, id string, now time.Time) sdk.Result {
 	code := resp.StatusCode
+	if code >= 200 && code < 300 {
+		return sdk.OK(id) // the common case: no message to build
+	}
 	answered := fmt.Sprintf("receiver answered %d %s", code, http.StatusText(code))
 	switch {
-	case code >= 200 && code < 300:
-		return sdk.OK(id)
 	case code >= 300 && code < 400:
 		loc := resp.Header.Get("Location")
 		if len(loc) > 200 {

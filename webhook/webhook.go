@@ -25,6 +25,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -113,6 +114,7 @@ type Provider struct {
 	hosts        *hostLimiter
 	inflight     chan struct{} // nil: no provider-level concurrency cap
 	limiter      *rate.Limiter // nil: no provider-level rate cap
+	macs         sync.Pool     // *signer for key: one HMAC state per concurrent send
 }
 
 // Info implements sdk.Provider.
@@ -288,6 +290,7 @@ func (p *Provider) Compile(template json.RawMessage) (sdk.Sender, error) {
 			return nil, fmt.Errorf("template url: %w", err)
 		}
 		s.tmplURL = u
+		s.tmplHost = hostKey(u)
 	}
 	if s.tmpl.Method == "" {
 		s.tmpl.Method = http.MethodPost

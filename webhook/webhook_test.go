@@ -150,6 +150,29 @@ func TestSignMatchesOfficialVector(t *testing.T) {
 	}
 }
 
+// TestPooledSignMatchesSign checks that the provider's pooled signer gives
+// Sign's answer, the official vector included, also when a state is reused
+// for other ids, times and bodies in turn.
+func TestPooledSignMatchesSign(t *testing.T) {
+	t.Parallel()
+	key, err := DecodeSecret(vectorSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Provider{key: key}
+	if got, want := p.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, []byte(`{"test": 2432232314}`)), "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="; got != want {
+		t.Fatalf("sign = %s, want %s", got, want)
+	}
+	for i := range 50 {
+		id := strings.Repeat("i", i*3)
+		body := []byte(strings.Repeat("b", i*7))
+		ts := int64(1614265330 + i)
+		if got, want := p.sign(id, ts, body), Sign(key, id, ts, body); got != want {
+			t.Fatalf("sign(%q, %d, %d bytes) = %s, Sign gives %s", id, ts, len(body), got, want)
+		}
+	}
+}
+
 func TestVerify(t *testing.T) {
 	t.Parallel()
 	key, _ := DecodeSecret(vectorSecret)
