@@ -68,7 +68,7 @@ type stmts struct {
 // statements. A write of n rows uses the smallest that holds them and pads
 // the rest with rows that change nothing: preparing a statement for each n
 // cost more than running it.
-var writeSizes = [...]int{16, 64, resultRows}
+var writeSizes = [...]int{16, 64, 128, resultRows}
 
 // writeSize returns the index in writeSizes of the smallest size that
 // holds n rows; n is at most resultRows.
