@@ -675,7 +675,12 @@ func TestEngine(t *testing.T) {
 			time.Sleep(time.Millisecond)
 			return sdk.OK("m")
 		})
-		huge := f.batch(t, 800, batchsender.BatchRunning, batchsender.BatchOptions{})
+		// Large enough that what the huge batch may claim ahead (about a
+		// second of work, at most ClaimSize) is well under half of it: with
+		// 800 items the look-ahead alone could cover the rest, and the test
+		// failed by timing, not by unfairness.
+		const hugeN = 4000
+		huge := f.batch(t, hugeN, batchsender.BatchRunning, batchsender.BatchOptions{})
 		e, _ := f.engine(t, engine.Config{})
 		waitFor(t, "the huge batch is under way", func() bool { return f.get(t, huge.ID).Counts.Succeeded >= 100 })
 		small := f.batch(t, 50, batchsender.BatchRunning, batchsender.BatchOptions{})
@@ -685,10 +690,10 @@ func TestEngine(t *testing.T) {
 		h1 := f.get(t, huge.ID).Counts.Succeeded
 		// Taking turns, the small batch's 5 calls are done long before the
 		// huge batch's remaining ones: it must not wait for half of them.
-		if h1-h0 > (800-h0)/2 {
-			t.Fatalf("while the small batch of 50 ran, the huge one sent %d more of its %d left", h1-h0, 800-h0)
+		if h1-h0 > (hugeN-h0)/2 {
+			t.Fatalf("while the small batch of 50 ran, the huge one sent %d more of its %d left", h1-h0, hugeN-h0)
 		}
-		t.Logf("while the small batch of 50 ran, the huge one sent %d more of its %d left", h1-h0, 800-h0)
+		t.Logf("while the small batch of 50 ran, the huge one sent %d more of its %d left", h1-h0, hugeN-h0)
 	})
 
 	t.Run("SmallTenantIsNotStarvedByBigOne", func(t *testing.T) {
