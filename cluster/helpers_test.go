@@ -3,11 +3,8 @@ package cluster
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"regexp"
@@ -22,19 +19,13 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/batchsender/batchsender/e2e"
+	"github.com/batchsender/batchsender/internal/pgtest"
 )
 
 // bin is the batchsender binary, built once for all tests.
 var bin string
 
-const defaultTestURL = "postgres://root@127.0.0.1:5432/test?sslmode=disable"
-
-func testURL() string {
-	if u := os.Getenv("BATCHSENDER_TEST_DATABASE_URL"); u != "" {
-		return u
-	}
-	return defaultTestURL
-}
+func testURL() string { return pgtest.URL() }
 
 func TestMain(m *testing.M) {
 	os.Exit(testMain(m))
@@ -75,44 +66,11 @@ func testMain(m *testing.M) int {
 	return code
 }
 
-// newSchemaURL creates a fresh schema, dropped when the test ends, and
-// returns a database URL whose connections work in it.
+// newSchemaURL returns a database URL in a fresh schema, dropped when the
+// test ends.
 func newSchemaURL(t *testing.T) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	schema := "bscluster_" + hex.EncodeToString(b[:])
-	conn, err := pgx.Connect(ctx, testURL())
-	if err != nil {
-		t.Fatalf("connecting to PostgreSQL: %v", err)
-	}
-	defer func() { _ = conn.Close(context.Background()) }()
-	if _, err := conn.Exec(ctx, `CREATE SCHEMA `+schema); err != nil {
-		t.Fatalf("creating schema: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, testURL())
-		if err != nil {
-			t.Errorf("connecting to drop schema: %v", err)
-			return
-		}
-		defer func() { _ = conn.Close(context.Background()) }()
-		if _, err := conn.Exec(ctx, `DROP SCHEMA `+schema+` CASCADE`); err != nil {
-			t.Errorf("dropping schema: %v", err)
-		}
-	})
-	u, err := url.Parse(testURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
+	return pgtest.SchemaURL(t, "bscluster_")
 }
 
 // Settings every node of a test cluster shares.

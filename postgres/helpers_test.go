@@ -2,8 +2,6 @@ package postgres
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"iter"
@@ -14,20 +12,12 @@ import (
 	"time"
 
 	"github.com/batchsender/batchsender"
+	"github.com/batchsender/batchsender/internal/pgtest"
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/goleak"
 )
 
-// defaultTestURL is the PostgreSQL of the development machine and CI:
-// trust authentication on loopback, database test.
-const defaultTestURL = "postgres://root@127.0.0.1:5432/test?sslmode=disable"
-
-func testURL() string {
-	if u := os.Getenv("BATCHSENDER_TEST_DATABASE_URL"); u != "" {
-		return u
-	}
-	return defaultTestURL
-}
+func testURL() string { return pgtest.URL() }
 
 func TestMain(m *testing.M) {
 	// An unreachable database fails the package loudly instead of skipping
@@ -51,41 +41,11 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// newSchemaURL creates a fresh schema, dropped when the test ends, and
-// returns a database URL whose connections work in it.
+// newSchemaURL returns a database URL in a fresh schema, dropped when the
+// test ends.
 func newSchemaURL(t testing.TB) string {
 	t.Helper()
-	ctx := context.Background()
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	schema := "bstest_" + hex.EncodeToString(b[:])
-	conn, err := pgx.Connect(ctx, testURL())
-	if err != nil {
-		t.Fatalf("connecting to the test database: %v", err)
-	}
-	defer func() { _ = conn.Close(ctx) }()
-	if _, err := conn.Exec(ctx, `CREATE SCHEMA `+schema); err != nil {
-		t.Fatalf("creating schema: %v", err)
-	}
-	t.Cleanup(func() {
-		conn, err := pgx.Connect(ctx, testURL())
-		if err != nil {
-			t.Errorf("connecting to drop schema: %v", err)
-			return
-		}
-		defer func() { _ = conn.Close(ctx) }()
-		if _, err := conn.Exec(ctx, `DROP SCHEMA `+schema+` CASCADE`); err != nil {
-			t.Errorf("dropping schema: %v", err)
-		}
-	})
-	u, err := url.Parse(testURL())
-	if err != nil {
-		t.Fatalf("parsing test URL: %v", err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
+	return pgtest.SchemaURL(t, "bstest_")
 }
 
 // openStore opens a store on databaseURL, closed when the test ends.

@@ -2,11 +2,8 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,63 +11,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/batchsender/batchsender"
 	"github.com/batchsender/batchsender/client"
+	"github.com/batchsender/batchsender/internal/pgtest"
 )
 
-// defaultTestDatabaseURL is the PostgreSQL of the development machine and
-// CI: trust authentication on loopback, database test.
-const defaultTestDatabaseURL = "postgres://root@127.0.0.1:5432/test?sslmode=disable"
-
-func testDatabaseURL() string {
-	if u := os.Getenv("BATCHSENDER_TEST_DATABASE_URL"); u != "" {
-		return u
-	}
-	return defaultTestDatabaseURL
-}
-
-// newSchemaURL creates a fresh schema, dropped when the test ends, and
-// returns a database URL whose connections work in it. An unreachable
-// database fails the test: a skipped PostgreSQL test would pass CI while
-// testing nothing.
+// newSchemaURL returns a database URL in a fresh schema, dropped when the
+// test ends.
 func newSchemaURL(t *testing.T) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	schema := "bscmd_" + hex.EncodeToString(b[:])
-	conn, err := pgx.Connect(ctx, testDatabaseURL())
-	if err != nil {
-		t.Fatalf("PostgreSQL is unreachable (set BATCHSENDER_TEST_DATABASE_URL, or start it with bash .ci/run): %v", err)
-	}
-	defer func() { _ = conn.Close(context.Background()) }()
-	if _, err := conn.Exec(ctx, `CREATE SCHEMA `+schema); err != nil {
-		t.Fatalf("creating schema: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, testDatabaseURL())
-		if err != nil {
-			t.Errorf("connecting to drop schema: %v", err)
-			return
-		}
-		defer func() { _ = conn.Close(context.Background()) }()
-		if _, err := conn.Exec(ctx, `DROP SCHEMA `+schema+` CASCADE`); err != nil {
-			t.Errorf("dropping schema: %v", err)
-		}
-	})
-	u, err := url.Parse(testDatabaseURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
+	return pgtest.SchemaURL(t, "bscmd_")
 }
 
 // testSecretsKey is a 32-byte secrets key in hex.
