@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN ?= bin/batchsender
 STATICCHECK_VERSION := v0.8.2
 # How long `make fuzz` runs each fuzz target.
-FUZZTIME ?= 10s
+FUZZTIME ?= 30000x
 
 .PHONY: help build test test-race lint bench fuzz run clean
 
