@@ -32,9 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"regexp"
 	"strings"
@@ -190,7 +188,7 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 	}
 	p.transport = &http.Transport{
 		Proxy:                  nil, // the guard must judge the module's address, not a proxy's
-		DialContext:            checkRemote(dial, env.AllowPrivateNetworks),
+		DialContext:            netguard.CheckRemote(dial, env.AllowPrivateNetworks),
 		ForceAttemptHTTP2:      true,
 		MaxIdleConnsPerHost:    64,
 		IdleConnTimeout:        90 * time.Second,
@@ -293,24 +291,6 @@ func (c Config) validate(allowPrivate bool) (*url.URL, error) {
 	u.Path = strings.TrimRight(u.Path, "/")
 	u.RawPath = ""
 	return u, nil
-}
-
-// checkRemote wraps a dial function with a check of the address actually
-// reached, so the guard holds even with a host dialer that does not check.
-func checkRemote(dial func(ctx context.Context, network, address string) (net.Conn, error), allowPrivate bool) func(ctx context.Context, network, address string) (net.Conn, error) {
-	return func(ctx context.Context, network, address string) (net.Conn, error) {
-		c, err := dial(ctx, network, address)
-		if err != nil {
-			return nil, err
-		}
-		if ap, perr := netip.ParseAddrPort(c.RemoteAddr().String()); perr == nil {
-			if err := netguard.CheckPolicy(ap.Addr(), allowPrivate); err != nil {
-				_ = c.Close()
-				return nil, &net.OpError{Op: "dial", Net: network, Err: err}
-			}
-		}
-		return c, nil
-	}
 }
 
 // Close implements sdk.Provider.

@@ -21,9 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -181,7 +179,7 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 		// Never a proxy from the environment: the guard must judge the
 		// receiver's address, not a proxy's.
 		Proxy:       nil,
-		DialContext: checkRemote(dial, env.AllowPrivateNetworks),
+		DialContext: netguard.CheckRemote(dial, env.AllowPrivateNetworks),
 		// A custom DialContext turns HTTP/2 off unless forced.
 		ForceAttemptHTTP2: true,
 		// At most MaxPerHost requests run per host, so that many idle
@@ -254,26 +252,6 @@ func parseSigningSecret(s string) ([]byte, error) {
 		return nil, fmt.Errorf("secrets: signing_secret decodes to %d bytes; it must be 24 to 64 random bytes", len(key))
 	}
 	return key, nil
-}
-
-// checkRemote wraps a dial function with a second check of the address the
-// connection actually reached, so the guard holds even if the host hands
-// over a dialer that does not check (providers.Cache defaults to a plain
-// one). The request has not been written when it refuses.
-func checkRemote(dial func(ctx context.Context, network, address string) (net.Conn, error), allowPrivate bool) func(ctx context.Context, network, address string) (net.Conn, error) {
-	return func(ctx context.Context, network, address string) (net.Conn, error) {
-		c, err := dial(ctx, network, address)
-		if err != nil {
-			return nil, err
-		}
-		if ap, perr := netip.ParseAddrPort(c.RemoteAddr().String()); perr == nil {
-			if err := netguard.CheckPolicy(ap.Addr(), allowPrivate); err != nil {
-				_ = c.Close()
-				return nil, &net.OpError{Op: "dial", Net: network, Err: err}
-			}
-		}
-		return c, nil
-	}
 }
 
 // Compile implements sdk.Provider: it checks the batch template (url,
