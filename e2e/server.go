@@ -103,6 +103,12 @@ func (s *Server) Start(ctx context.Context) error {
 		"BATCHSENDER_DATA_DIR=" + s.DataDir,
 		"BATCHSENDER_BOOTSTRAP_KEY=" + s.Key,
 	}, s.Env...)
+	// Lets whoever runs a benchmark profile and tune the server under test.
+	for _, k := range []string{"BATCHSENDER_PPROF_ADDR", "GOGC", "GOMEMLIMIT", "GODEBUG", "GOMAXPROCS"} {
+		if v, ok := os.LookupEnv(k); ok {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+	}
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {
