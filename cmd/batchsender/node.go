@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -27,7 +28,19 @@ type nodeConfig struct {
 	// default). On PostgreSQL it is also how long the items of a node that
 	// died wait before another node sends them.
 	LeaseDuration time.Duration
+	// PprofAddr, when set, serves Go's profiling endpoints there.
+	PprofAddr string
+	// GOGCSet is true when the operator set GOGC, which then wins over
+	// defaultGCPercent.
+	GOGCSet bool
 }
+
+// defaultGCPercent is the garbage collector's target for serve and worker
+// when GOGC is not set. The engine's live heap is tiny (about 3 MB while
+// sending 17,000 webhooks/s), so at Go's default of 100 the collector ran
+// every 20-odd milliseconds, each time with fixed costs; at 400 it runs a
+// fifth as often for a heap of about 15 MB instead of 6.
+const defaultGCPercent = 400
 
 // envLeaseDuration tunes the engine's claim lease.
 const envLeaseDuration = "BATCHSENDER_LEASE_DURATION"
@@ -38,6 +51,8 @@ func (c *nodeConfig) readNodeEnv(getenv func(string) string) error {
 	c.SecretKey = getenv(envSecretKey)
 	c.PublicURL = strings.TrimRight(strings.TrimSpace(getenv(envPublicURL)), "/")
 	c.LogLevel = envOr(getenv, envLogLevel, "info")
+	c.PprofAddr = strings.TrimSpace(getenv(envPprofAddr))
+	c.GOGCSet = getenv("GOGC") != ""
 	if c.AllowPrivate, err = parseBoolEnv(getenv, envAllowPrivate); err != nil {
 		return err
 	}
@@ -66,6 +81,8 @@ type node struct {
 	Cache  *providers.Cache
 	Engine *engine.Engine
 	Unsub  *unsubscribe.Signer // signs and checks unsubscribe links
+	// stopPprof closes the profiling listener, if one was opened.
+	stopPprof func()
 }
 
 // openNode opens the store and builds the engine. publicURL is where this
@@ -74,6 +91,9 @@ type node struct {
 func openNode(ctx context.Context, cfg nodeConfig, logger *slog.Logger, exclusive bool, publicURL string) (n *node, err error) {
 	if cfg.Store.DatabaseURL != "" && strings.TrimSpace(cfg.SecretKey) == "" {
 		return nil, errSharedKey
+	}
+	if !cfg.GOGCSet {
+		debug.SetGCPercent(defaultGCPercent)
 	}
 	st, err := openStore(ctx, cfg.Store, logger, exclusive)
 	if err != nil {
@@ -85,6 +105,11 @@ func openNode(ctx context.Context, cfg nodeConfig, logger *slog.Logger, exclusiv
 			_ = n.Close()
 		}
 	}()
+	if cfg.PprofAddr != "" {
+		if n.stopPprof, err = startPprof(cfg.PprofAddr, logger); err != nil {
+			return n, err
+		}
+	}
 	key, err := secretbox.LoadKey(cfg.SecretKey, cfg.Store.DataDir)
 	if err != nil {
 		return n, fmt.Errorf("loading secrets key: %w", err)
@@ -120,6 +145,9 @@ func openNode(ctx context.Context, cfg nodeConfig, logger *slog.Logger, exclusiv
 
 // Close releases the provider cache and the store.
 func (n *node) Close() error {
+	if n.stopPprof != nil {
+		n.stopPprof()
+	}
 	if n.Cache != nil {
 		n.Cache.Close()
 	}
@@ -152,5 +180,7 @@ func nodeHelp() string {
   ` + envLogLevel + `        debug, info (default), warn or error
   ` + envLeaseDuration + `   how long a node holds claimed items (default 1m); on
                                PostgreSQL, how long a dead node's items wait before
-                               another node sends them`
+                               another node sends them
+  ` + envPprofAddr + `       address for Go's /debug/pprof/ endpoints (off by default;
+                               keep it on loopback)`
 }
