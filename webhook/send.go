@@ -235,7 +235,11 @@ func (p *Provider) do(ctx context.Context, item sdk.Item, r request) sdk.Result 
 	// Latency is a measurement, not a decision, so it uses the monotonic
 	// clock rather than the injected one.
 	start := time.Now()
-	resp, err := p.client.Do(req)
+	// The transport directly, not an http.Client: redirects are never
+	// followed (Standard Webhooks: 3xx is a failure, and it keeps a
+	// receiver from bouncing us anywhere), so the client would only add a
+	// copy of every request's headers and URL.
+	resp, err := p.transport.RoundTrip(req)
 	if err != nil {
 		res := classifyError(ctx, reqCtx, err, time.Duration(p.cfg.Timeout))
 		res.Latency = time.Since(start)

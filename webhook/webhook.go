@@ -108,7 +108,6 @@ type Provider struct {
 	now          func() time.Time
 	log          *slog.Logger
 	transport    *http.Transport
-	client       *http.Client
 	hosts        *hostLimiter
 	inflight     chan struct{} // nil: no provider-level concurrency cap
 	limiter      *rate.Limiter // nil: no provider-level rate cap
@@ -193,12 +192,6 @@ func (p *Provider) Provision(ctx context.Context, env sdk.Env) error {
 		// Only the first 1 KiB of answers is kept; compression would
 		// cost CPU for nothing.
 		DisableCompression: true,
-	}
-	p.client = &http.Client{
-		Transport: p.transport,
-		// Redirects are never followed (Standard Webhooks: 3xx is a
-		// failure), which also keeps a receiver from bouncing us anywhere.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
 	p.hosts = newHostLimiter(cfg.MaxPerHost)
 	if cfg.Concurrency > 0 {
