@@ -28,11 +28,16 @@ const (
 type completer struct {
 	e *Engine
 
-	mu      sync.Mutex
-	buf     []batchsender.ItemResult
-	owners  []ownerSpan   // which runner each run of buf belongs to
-	space   chan struct{} // closed and replaced when the buffer drains
-	stopped bool          // no more results taken
+	mu     sync.Mutex
+	buf    []batchsender.ItemResult
+	owners []ownerSpan // which runner each run of buf belongs to
+	// The buffers of the last flush, emptied, for the next one: results
+	// are large structs, and a fresh buffer per flush was a good part of
+	// the engine's allocations.
+	spare       []batchsender.ItemResult
+	spareOwners []ownerSpan
+	space       chan struct{} // closed and replaced when the buffer drains
+	stopped     bool          // no more results taken
 
 	arrived  chan struct{} // the buffer became non-empty
 	full     chan struct{} // the buffer reached flushSize
@@ -158,7 +163,8 @@ func (c *completer) final() {
 func (c *completer) flush(final bool) {
 	c.mu.Lock()
 	results, owners := c.buf, c.owners
-	c.buf, c.owners = nil, nil
+	c.buf, c.owners = c.spare, c.spareOwners
+	c.spare, c.spareOwners = nil, nil
 	if !c.stopped {
 		close(c.space)
 		c.space = make(chan struct{})
@@ -204,6 +210,11 @@ func (c *completer) flush(final bool) {
 		}
 		c.e.settled(o.r, o.n)
 	}
+	clear(results) // let go of the results' strings
+	clear(owners)
+	c.mu.Lock()
+	c.spare, c.spareOwners = results[:0], owners[:0]
+	c.mu.Unlock()
 }
 
 // write stores results in one transaction, retrying with backoff. After

@@ -48,6 +48,7 @@ type runner struct {
 	// call, all leased until queueLease, and the pace of starts.
 	queue      []batchsender.Item
 	queueLease time.Time
+	queueCtx   *leaseCtx // the context of the calls that send the queue's claim
 	statusAt   time.Time // when the batch's status was last looked at
 	pace       pacer
 
@@ -121,6 +122,10 @@ func (r *runner) untilDue(now time.Time) (time.Duration, bool) {
 func (r *runner) loop(ctx context.Context) {
 	defer r.e.loopEnded(r)
 	defer func() {
+		if r.queueCtx != nil {
+			r.queueCtx.release()
+			r.queueCtx = nil
+		}
 		// Only when shutting down can the loop end with items queued.
 		if len(r.queue) > 0 {
 			r.releaseItems(r.queue)
@@ -365,6 +370,10 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 		r.outstanding += len(items)
 		r.e.mu.Unlock()
 		r.queue, r.queueLease = items, leaseUntil
+		if r.queueCtx != nil {
+			r.queueCtx.release()
+		}
+		r.queueCtx = newLeaseCtx(r.e.sendCtx, leaseUntil.Add(-r.e.cfg.LeaseDuration/10), now.Add(time.Second))
 		claimed = len(items)
 	}
 
@@ -392,7 +401,7 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 	}
 	per, extra := len(items)/calls, len(items)%calls
 	start := 0
-	leaseUntil := r.queueLease
+	lc := r.queueCtx
 	for i := range calls {
 		n := per
 		if i < extra {
@@ -403,11 +412,13 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 		s := held[i]
 		r.e.calls.Add(1)
 		r.e.stats.callsInFlight.Add(1)
+		lc.acquire()
 		go func() {
 			defer r.e.calls.Done()
 			defer r.e.stats.callsInFlight.Add(-1)
 			defer r.release(true, true, true)
-			r.call(s, chunk, leaseUntil)
+			defer lc.release()
+			r.call(lc.ctx, s, chunk)
 		}()
 	}
 	giveBackFrom(calls)
@@ -507,8 +518,42 @@ func (r *runner) releaseItems(items []batchsender.Item) {
 	r.e.settled(r, len(items))
 }
 
-// call sends one chunk and hands its results to the completer.
-func (r *runner) call(s slots, items []batchsender.Item, leaseUntil time.Time) {
+// leaseCtx is the context of the calls that send the items of one claim.
+// It ends a tenth of a lease before the claim's lease does, so that a
+// rescued item is not sent twice at the same time. There is one per claim
+// rather than one per call because a claim's calls share its lease, and a
+// context with its own timer per call was a measurable share of the send
+// path. It is cancelled when the runner and every call let go of it, and
+// in any case at its deadline.
+type leaseCtx struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	refs   atomic.Int64
+}
+
+// newLeaseCtx returns a leaseCtx held once (by the runner), ending at
+// deadline or notBefore, whichever is later.
+func newLeaseCtx(parent context.Context, deadline, notBefore time.Time) *leaseCtx {
+	if deadline.Before(notBefore) {
+		deadline = notBefore
+	}
+	l := &leaseCtx{}
+	l.ctx, l.cancel = context.WithDeadline(parent, deadline)
+	l.refs.Store(1)
+	return l
+}
+
+func (l *leaseCtx) acquire() { l.refs.Add(1) }
+
+func (l *leaseCtx) release() {
+	if l.refs.Add(-1) == 0 {
+		l.cancel()
+	}
+}
+
+// call sends one chunk, within ctx (its claim's leaseCtx), and hands its
+// results to the completer.
+func (r *runner) call(ctx context.Context, s slots, items []batchsender.Item) {
 	for {
 		if d := s.notBefore.Sub(r.e.now()); d > 0 {
 			if !sleepCtx(r.e.runCtx, d) {
@@ -535,12 +580,6 @@ func (r *runner) call(s slots, items []batchsender.Item, leaseUntil time.Time) {
 		r.releaseItems(items)
 		return
 	}
-	// Cut the call off before the lease runs out, so that a rescued item is
-	// not sent twice at the same time.
-	timeout := leaseUntil.Sub(r.e.now()) - r.e.cfg.LeaseDuration/10
-	ctx, cancel := context.WithTimeout(r.e.sendCtx, max(timeout, time.Second))
-	defer cancel()
-
 	items, settled := r.sendable(ctx, items) // suppressed recipients are skipped, not sent
 	if len(items) == 0 {
 		r.e.comp.push(r, settled)
