@@ -151,18 +151,20 @@ func run(ctx context.Context, cfg config) error {
 			if bs, err = r.batchsenderPG(ctx); err != nil {
 				return fmt.Errorf("batchsender on postgres: %w", err)
 			}
-			if cfg.skipRiver {
-				rv = bs
-			} else if rv, err = r.riverPG(ctx); err != nil {
+			if !cfg.skipRiver {
+				rv, err = r.riverPG(ctx)
+			}
+			if err != nil {
 				return fmt.Errorf("river on postgres: %w", err)
 			}
 		case "sqlite":
 			if bs, err = r.batchsenderSQLite(ctx); err != nil {
 				return fmt.Errorf("batchsender on sqlite: %w", err)
 			}
-			if cfg.skipRiver {
-				rv = bs
-			} else if rv, err = r.riverSQLite(ctx); err != nil {
+			if !cfg.skipRiver {
+				rv, err = r.riverSQLite(ctx)
+			}
+			if err != nil {
 				return fmt.Errorf("river on sqlite: %w", err)
 			}
 		default:
@@ -170,12 +172,17 @@ func run(ctx context.Context, cfg config) error {
 		}
 		fmt.Printf("%s:\n", store)
 		fmt.Printf("  batchsender: deliver %8.0f items/s (%v); enqueue %v; end to end %8.0f items/s\n", bs.deliverRate(), bs.deliver.Round(time.Millisecond), bs.enqueue.Round(time.Millisecond), bs.totalRate())
-		fmt.Printf("  river:       deliver %8.0f items/s (%v); enqueue %v; end to end %8.0f items/s\n", rv.deliverRate(), rv.deliver.Round(time.Millisecond), rv.enqueue.Round(time.Millisecond), rv.totalRate())
-		fmt.Printf("  batchsender/river: %.2f× delivering, %.2f× end to end\n", bs.deliverRate()/rv.deliverRate(), bs.totalRate()/rv.totalRate())
-		fmt.Printf("  CPU per item delivered: batchsender %s (server %s, receiver %s, postgres %s); river %s (river+receiver %s, postgres %s); river/batchsender %.2f×\n",
-			perItem(bs.cpu.total(), bs.n), perItem(bs.cpu.server, bs.n), perItem(bs.cpu.self, bs.n), perItem(bs.cpu.postgres, bs.n),
-			perItem(rv.cpu.total(), rv.n), perItem(rv.cpu.self, rv.n), perItem(rv.cpu.postgres, rv.n),
-			float64(rv.cpu.total())/float64(max(bs.cpu.total(), 1)))
+		bsCPU := fmt.Sprintf("batchsender %s (server %s, receiver %s, postgres %s)",
+			perItem(bs.cpu.total(), bs.n), perItem(bs.cpu.server, bs.n), perItem(bs.cpu.self, bs.n), perItem(bs.cpu.postgres, bs.n))
+		if cfg.skipRiver {
+			fmt.Printf("  CPU per item delivered: %s\n", bsCPU)
+		} else {
+			fmt.Printf("  river:       deliver %8.0f items/s (%v); enqueue %v; end to end %8.0f items/s\n", rv.deliverRate(), rv.deliver.Round(time.Millisecond), rv.enqueue.Round(time.Millisecond), rv.totalRate())
+			fmt.Printf("  batchsender/river: %.2f× delivering, %.2f× end to end\n", bs.deliverRate()/rv.deliverRate(), bs.totalRate()/rv.totalRate())
+			fmt.Printf("  CPU per item delivered: %s; river %s (river+receiver %s, postgres %s); river/batchsender %.2f×\n",
+				bsCPU, perItem(rv.cpu.total(), rv.n), perItem(rv.cpu.self, rv.n), perItem(rv.cpu.postgres, rv.n),
+				float64(rv.cpu.total())/float64(max(bs.cpu.total(), 1)))
+		}
 		if store == "postgres" && !cfg.skipBare {
 			recv.Reset()
 			logf("bare loop")
@@ -187,7 +194,11 @@ func run(ctx context.Context, cfg config) error {
 				return fmt.Errorf("bare loop: %w", err)
 			}
 			bare := float64(cfg.n) / d.Seconds()
-			fmt.Printf("  bare net/http loop: %8.0f requests/s (%v); batchsender/bare %.2f×, river/bare %.2f×\n", bare, d.Round(time.Millisecond), bs.deliverRate()/bare, rv.deliverRate()/bare)
+			fmt.Printf("  bare net/http loop: %8.0f requests/s (%v); batchsender/bare %.2f×", bare, d.Round(time.Millisecond), bs.deliverRate()/bare)
+			if !cfg.skipRiver {
+				fmt.Printf(", river/bare %.2f×", rv.deliverRate()/bare)
+			}
+			fmt.Println()
 		}
 	}
 	return nil
