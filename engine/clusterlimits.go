@@ -226,6 +226,15 @@ func (c *clusterSem) acquire(ctx context.Context) error {
 	}
 }
 
+// keep reports whether a call that ended may go on with its slot: no one
+// waits for one, the slot is still fresh, and the node holds no more than
+// its share.
+func (c *clusterSem) keep() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.waiting == 0 && c.have-c.surplus <= c.share && c.fresh(c.e.now())
+}
+
 // release frees a slot after a call; a slot above the node's share is
 // given back at the next tick.
 func (c *clusterSem) release() {

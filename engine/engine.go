@@ -200,9 +200,11 @@ type Engine struct {
 	store  batchsender.Store
 	log    *slog.Logger
 	global *semaphore.Weighted // MaxInFlight
-	wake   chan struct{}
-	stats  counters
-	comp   *completer
+	// globalWaiting counts runners blocked acquiring global.
+	globalWaiting atomic.Int32
+	wake          chan struct{}
+	stats         counters
+	comp          *completer
 
 	started atomic.Bool
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/semaphore"
@@ -25,6 +26,9 @@ type connLimits struct {
 	conc int     // Send calls in flight
 	sem  *semaphore.Weighted
 	lim  *rate.Limiter // nil when unlimited
+	// waiting counts callers blocked in semAcquire on sem or csem: while
+	// anyone waits, calls hand their slots back instead of going on.
+	waiting atomic.Int32
 
 	// On a LimitStore, instead of sem and lim.
 	csem  *clusterSem
@@ -90,6 +94,8 @@ func (e *Engine) limitsFor(conn batchsender.Connection, info sdk.Info) *connLimi
 
 // semAcquire takes a concurrency slot of the connection, waiting.
 func (l *connLimits) semAcquire(ctx context.Context) error {
+	l.waiting.Add(1)
+	defer l.waiting.Add(-1)
 	if l.csem != nil {
 		return l.csem.acquire(ctx)
 	}
@@ -164,7 +170,10 @@ func (r *runner) acquire(ctx context.Context) (slots, error) {
 		// The call waits for its slot (at most about rateGroup ahead).
 		s.notBefore, s.clusterSlot = at, true
 	}
-	if err := r.e.global.Acquire(ctx, 1); err != nil {
+	r.e.globalWaiting.Add(1)
+	err := r.e.global.Acquire(ctx, 1)
+	r.e.globalWaiting.Add(-1)
+	if err != nil {
 		r.release(true, true, false)
 		return s, err
 	}

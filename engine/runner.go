@@ -44,13 +44,21 @@ type runner struct {
 	looping     bool
 	outstanding int // claimed items whose results are not written yet
 
-	// Used by the loop goroutine only: claimed items not yet handed to a
-	// call, all leased until queueLease, and the pace of starts.
+	// Claimed items not yet handed to a call, all leased until queueLease,
+	// and the pace of starts. Only the loop adds to the queue; call
+	// goroutines that go on with the next item (see next) take from it.
+	qmu        sync.Mutex
 	queue      []batchsender.Item
 	queueLease time.Time
 	queueCtx   *leaseCtx // the context of the calls that send the queue's claim
-	statusAt   time.Time // when the batch's status was last looked at
 	pace       pacer
+
+	// Used by the loop goroutine only.
+	statusAt time.Time // when the batch's status was last looked at
+	// goOnUntil (Unix nanoseconds) is how long call goroutines may take
+	// queued items themselves: until the loop's next look at the batch's
+	// status is due.
+	goOnUntil atomic.Int64
 
 	dueMu sync.Mutex
 	dues  []time.Time // due times of retries this runner wrote, sorted, at most maxDues
@@ -122,15 +130,17 @@ func (r *runner) untilDue(now time.Time) (time.Duration, bool) {
 func (r *runner) loop(ctx context.Context) {
 	defer r.e.loopEnded(r)
 	defer func() {
+		r.goOnUntil.Store(0)
+		// Only when shutting down can the loop end with items queued.
+		if q := r.takeQueue(); len(q) > 0 {
+			r.releaseItems(q)
+		}
+		r.qmu.Lock()
 		if r.queueCtx != nil {
 			r.queueCtx.release()
 			r.queueCtx = nil
 		}
-		// Only when shutting down can the loop end with items queued.
-		if len(r.queue) > 0 {
-			r.releaseItems(r.queue)
-			r.queue = nil
-		}
+		r.qmu.Unlock()
 	}()
 	if !r.prepared {
 		if !r.prepare(ctx) {
@@ -307,8 +317,8 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 	if budget >= 0 {
 		maxCalls = min(maxCalls, 1+budget)
 	}
-	if len(r.queue) > 0 {
-		maxCalls = min(maxCalls, (len(r.queue)+r.maxChunk-1)/r.maxChunk)
+	if n := r.queueLen(); n > 0 {
+		maxCalls = min(maxCalls, (n+r.maxChunk-1)/r.maxChunk)
 	}
 	for len(held) < maxCalls && r.tryAcquire() {
 		held = append(held, slots{})
@@ -320,25 +330,29 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 	}
 
 	now := r.e.now()
-	if len(r.queue) > 0 && r.queueLease.Sub(now) < r.e.cfg.LeaseDuration/2 {
+	r.qmu.Lock()
+	stale := len(r.queue) > 0 && r.queueLease.Sub(now) < r.e.cfg.LeaseDuration/2
+	r.qmu.Unlock()
+	if stale {
 		// The pace dropped so far that queued items waited half their
 		// lease: give them back rather than send them with little lease
 		// left; they are claimed again under a fresh one.
-		r.log.Warn("giving back queued items whose lease is half over", slog.Int("items", len(r.queue)))
-		r.releaseItems(r.queue)
-		r.queue = nil
+		q := r.takeQueue()
+		r.log.Warn("giving back queued items whose lease is half over", slog.Int("items", len(q)))
+		r.releaseItems(q)
 	}
-	if len(r.queue) > 0 && !r.queueStillRunnable(ctx, now) {
+	if r.queueLen() > 0 && !r.queueStillRunnable(ctx, now) {
 		// Paused or cancelled: queued items were never sent; give them
 		// back (they become pending, or cancelled with their batch).
 		giveBackFrom(0)
-		r.releaseItems(r.queue)
-		r.queue = nil
+		r.releaseItems(r.takeQueue())
 		return 0, nil
 	}
 	claimed := 0
-	if len(r.queue) == 0 {
+	if r.queueLen() == 0 {
+		r.qmu.Lock()
 		ahead := r.lookahead(now)
+		r.qmu.Unlock()
 		if budget >= 0 {
 			// The first call's token is taken; the other held calls take
 			// theirs in schedule.
@@ -369,39 +383,51 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 		r.e.mu.Lock()
 		r.outstanding += len(items)
 		r.e.mu.Unlock()
-		r.queue, r.queueLease = items, leaseUntil
+		lc := newLeaseCtx(r.e.sendCtx, leaseUntil.Add(-r.e.cfg.LeaseDuration/10), now.Add(time.Second))
+		r.qmu.Lock()
 		if r.queueCtx != nil {
 			r.queueCtx.release()
 		}
-		r.queueCtx = newLeaseCtx(r.e.sendCtx, leaseUntil.Add(-r.e.cfg.LeaseDuration/10), now.Add(time.Second))
+		// Call goroutines only take items, so the queue is still empty.
+		r.queue, r.queueLease, r.queueCtx = items, leaseUntil, lc
+		r.qmu.Unlock()
 		claimed = len(items)
+		// The claim found the batch running.
+		r.statusAt = now
+		r.goOnUntil.Store(now.Add(statusCheckEvery).UnixNano())
 	}
 
 	if ctx.Err() != nil {
 		// Shutting down between claim and send: give the items back.
 		giveBackFrom(0)
-		r.releaseItems(r.queue)
-		r.queue = nil
+		r.releaseItems(r.takeQueue())
 		return claimed, nil
 	}
 
 	// Take the held calls' share of the queue and spread it evenly over
 	// the calls, each at most maxChunk.
+	now = r.e.now()
+	r.qmu.Lock()
 	take := min(len(r.queue), len(held)*r.maxChunk)
 	items := r.queue[:take:take]
 	r.queue = r.queue[take:]
 	if len(r.queue) == 0 {
 		r.queue = nil
 	}
-	calls := (len(items) + r.maxChunk - 1) / r.maxChunk
-	now = r.e.now()
 	r.pace.add(now, len(items))
+	lc := r.queueCtx
+	r.qmu.Unlock()
+	if len(items) == 0 {
+		// Call goroutines took the queue meanwhile.
+		giveBackFrom(0)
+		return 0, nil
+	}
+	calls := (len(items) + r.maxChunk - 1) / r.maxChunk
 	for i := 1; i < calls; i++ {
 		held[i] = r.schedule(now)
 	}
 	per, extra := len(items)/calls, len(items)%calls
 	start := 0
-	lc := r.queueCtx
 	for i := range calls {
 		n := per
 		if i < extra {
@@ -417,8 +443,17 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 			defer r.e.calls.Done()
 			defer r.e.stats.callsInFlight.Add(-1)
 			defer r.release(true, true, true)
-			defer lc.release()
 			r.call(lc.ctx, s, chunk)
+			lc.release()
+			// Go on with the next queued item while that is fair (see next).
+			for {
+				it, next, ok := r.next()
+				if !ok {
+					return
+				}
+				r.call(next.ctx, slots{}, []batchsender.Item{it})
+				next.release()
+			}
 		}()
 	}
 	giveBackFrom(calls)
@@ -442,7 +477,66 @@ func (r *runner) queueStillRunnable(ctx context.Context, now time.Time) bool {
 	if err != nil {
 		return !batchsender.IsNotFound(err)
 	}
-	return b.Status == batchsender.BatchRunning
+	if b.Status != batchsender.BatchRunning {
+		return false
+	}
+	r.goOnUntil.Store(now.Add(statusCheckEvery).UnixNano())
+	return true
+}
+
+// queueLen returns how many claimed items wait in the queue.
+func (r *runner) queueLen() int {
+	r.qmu.Lock()
+	defer r.qmu.Unlock()
+	return len(r.queue)
+}
+
+// takeQueue empties the queue and returns what it held.
+func (r *runner) takeQueue() []batchsender.Item {
+	r.qmu.Lock()
+	defer r.qmu.Unlock()
+	q := r.queue
+	r.queue = nil
+	return q
+}
+
+// next gives a call goroutine that just finished the next queued item and
+// its claim's context, so that it goes on with the slots it holds: handing
+// them back would wake the loop and start a new goroutine for every item,
+// which cost as much CPU as a good part of the HTTP request. It says no
+// whenever going on could be unfair or wrong, and the goroutine then hands
+// its slots back as before:
+//   - a provider that takes chunks, or a rate limit (tokens are reserved
+//     per call by the loop);
+//   - anyone waiting for a slot of the connection or of the process (the
+//     semaphores are FIFO so that batches take turns);
+//   - the batch's status is due to be looked at again, or this node
+//     paused it (recheck), or the engine is shutting down;
+//   - the queue is empty or its lease is half over.
+func (r *runner) next() (batchsender.Item, *leaseCtx, bool) {
+	if r.maxChunk != 1 || r.lim != nil || r.conn.lim != nil || r.conn.crate != nil ||
+		r.e.runCtx.Err() != nil || r.recheck.Load() ||
+		r.conn.waiting.Load() > 0 || r.e.globalWaiting.Load() > 0 ||
+		(r.conn.csem != nil && !r.conn.csem.keep()) {
+		return batchsender.Item{}, nil, false
+	}
+	now := r.e.now()
+	if now.UnixNano() >= r.goOnUntil.Load() {
+		return batchsender.Item{}, nil, false
+	}
+	r.qmu.Lock()
+	defer r.qmu.Unlock()
+	if len(r.queue) == 0 || r.queueLease.Sub(now) < r.e.cfg.LeaseDuration/2 {
+		return batchsender.Item{}, nil, false
+	}
+	it := r.queue[0]
+	r.queue = r.queue[1:]
+	if len(r.queue) == 0 {
+		r.queue = nil
+	}
+	r.pace.add(now, 1)
+	r.queueCtx.acquire()
+	return it, r.queueCtx, true
 }
 
 // lookaheadHorizon is how far ahead of its pace a runner claims: the
