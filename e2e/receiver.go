@@ -48,7 +48,7 @@ type Delivery struct {
 	Body       []byte      // body of the first request
 	BodyDiffer bool        // a later request carried a different body
 	Times      []time.Time // arrival of each request (when recording times)
-	Statuses   []int       // status answered to each request (when recording times)
+	Statuses   []int       // status answered to each request, in the order of Times (0 while unanswered)
 }
 
 // Receiver is a loopback HTTP server that verifies Standard Webhooks
@@ -152,6 +152,14 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	d.Count++
 	attempt := d.Count
+	// Times are kept in order of arrival: a request the receiver holds
+	// (Sleep) may end after a retry of it that arrived later.
+	slot := -1
+	if r.recordTimes {
+		d.Times = append(d.Times, now)
+		d.Statuses = append(d.Statuses, 0)
+		slot = len(d.Times) - 1
+	}
 	r.mu.Unlock()
 
 	var act Action
@@ -170,10 +178,9 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if status == 0 {
 		status = http.StatusOK
 	}
-	if r.recordTimes {
+	if slot >= 0 {
 		r.mu.Lock()
-		d.Times = append(d.Times, now)
-		d.Statuses = append(d.Statuses, status)
+		d.Statuses[slot] = status
 		r.mu.Unlock()
 	}
 	if act.RetryAfter != "" {
