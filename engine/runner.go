@@ -44,14 +44,15 @@ type runner struct {
 	looping     bool
 	outstanding int // claimed items whose results are not written yet
 
-	// Claimed items not yet handed to a call, all leased until queueLease,
-	// and the pace of starts. Only the loop adds to the queue; call
+	// Claimed items not yet handed to a call, oldest claim first, and the
+	// pace of starts. The loop and prefetches add to the queue; call
 	// goroutines that go on with the next item (see next) take from it.
-	qmu        sync.Mutex
-	queue      []batchsender.Item
-	queueLease time.Time
-	queueCtx   *leaseCtx // the context of the calls that send the queue's claim
-	pace       pacer
+	qmu       sync.Mutex
+	queue     []queued
+	pace      pacer
+	lastClaim int           // items the last claim took
+	claiming  chan struct{} // non-nil while a prefetch claims; closed when it ends
+	looping2  bool          // the loop runs (a prefetch that ends after it gives its items back)
 
 	// Used by the loop goroutine only.
 	statusAt time.Time // when the batch's status was last looked at
@@ -62,6 +63,14 @@ type runner struct {
 
 	dueMu sync.Mutex
 	dues  []time.Time // due times of retries this runner wrote, sorted, at most maxDues
+}
+
+// queued is a claimed item waiting for its call, with its claim's lease and
+// the context its call runs in.
+type queued struct {
+	it    batchsender.Item
+	until time.Time // the claim's lease
+	lc    *leaseCtx // held once for this item until its call ends
 }
 
 // maxDues bounds the due times a runner remembers; items due at times it
@@ -129,18 +138,19 @@ func (r *runner) untilDue(now time.Time) (time.Duration, bool) {
 // loop claims and sends until the batch is not runnable or ctx ends.
 func (r *runner) loop(ctx context.Context) {
 	defer r.e.loopEnded(r)
+	r.qmu.Lock()
+	r.looping2 = true
+	r.qmu.Unlock()
 	defer func() {
 		r.goOnUntil.Store(0)
-		// Only when shutting down can the loop end with items queued.
-		if q := r.takeQueue(); len(q) > 0 {
-			r.releaseItems(q)
-		}
 		r.qmu.Lock()
-		if r.queueCtx != nil {
-			r.queueCtx.release()
-			r.queueCtx = nil
-		}
+		r.looping2 = false
+		q := r.queue
+		r.queue = nil
 		r.qmu.Unlock()
+		// Only when shutting down or no longer running can the loop end
+		// with items queued.
+		r.releaseQueued(q)
 	}()
 	if !r.prepared {
 		if !r.prepare(ctx) {
@@ -331,7 +341,7 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 
 	now := r.e.now()
 	r.qmu.Lock()
-	stale := len(r.queue) > 0 && r.queueLease.Sub(now) < r.e.cfg.LeaseDuration/2
+	stale := len(r.queue) > 0 && r.queue[0].until.Sub(now) < r.e.cfg.LeaseDuration/2
 	r.qmu.Unlock()
 	if stale {
 		// The pace dropped so far that queued items waited half their
@@ -339,13 +349,17 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 		// left; they are claimed again under a fresh one.
 		q := r.takeQueue()
 		r.log.Warn("giving back queued items whose lease is half over", slog.Int("items", len(q)))
-		r.releaseItems(q)
+		r.releaseQueued(q)
 	}
 	if r.queueLen() > 0 && !r.queueStillRunnable(ctx, now) {
 		// Paused or cancelled: queued items were never sent; give them
 		// back (they become pending, or cancelled with their batch).
 		giveBackFrom(0)
-		r.releaseItems(r.takeQueue())
+		r.releaseQueued(r.takeQueue())
+		return 0, nil
+	}
+	if r.queueLen() == 0 && !r.awaitPrefetch(ctx) {
+		giveBackFrom(0)
 		return 0, nil
 	}
 	claimed := 0
@@ -378,19 +392,7 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 			giveBackFrom(0)
 			return 0, nil
 		}
-		r.e.stats.claims.Add(1)
-		r.e.stats.itemsClaimed.Add(int64(len(items)))
-		r.e.mu.Lock()
-		r.outstanding += len(items)
-		r.e.mu.Unlock()
-		lc := newLeaseCtx(r.e.sendCtx, leaseUntil.Add(-r.e.cfg.LeaseDuration/10), now.Add(time.Second))
-		r.qmu.Lock()
-		if r.queueCtx != nil {
-			r.queueCtx.release()
-		}
-		// Call goroutines only take items, so the queue is still empty.
-		r.queue, r.queueLease, r.queueCtx = items, leaseUntil, lc
-		r.qmu.Unlock()
+		r.enqueue(items, now, leaseUntil)
 		claimed = len(items)
 		// The claim found the batch running.
 		r.statusAt = now
@@ -400,7 +402,7 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 	if ctx.Err() != nil {
 		// Shutting down between claim and send: give the items back.
 		giveBackFrom(0)
-		r.releaseItems(r.takeQueue())
+		r.releaseQueued(r.takeQueue())
 		return claimed, nil
 	}
 
@@ -409,13 +411,15 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 	now = r.e.now()
 	r.qmu.Lock()
 	take := min(len(r.queue), len(held)*r.maxChunk)
-	items := r.queue[:take:take]
+	items := slices.Clone(r.queue[:take])
 	r.queue = r.queue[take:]
 	if len(r.queue) == 0 {
 		r.queue = nil
 	}
 	r.pace.add(now, len(items))
-	lc := r.queueCtx
+	if budget < 0 {
+		r.maybePrefetch(now)
+	}
 	r.qmu.Unlock()
 	if len(items) == 0 {
 		// Call goroutines took the queue meanwhile.
@@ -438,21 +442,28 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 		s := held[i]
 		r.e.calls.Add(1)
 		r.e.stats.callsInFlight.Add(1)
-		lc.acquire()
 		go func() {
 			defer r.e.calls.Done()
 			defer r.e.stats.callsInFlight.Add(-1)
 			defer r.release(true, true, true)
-			r.call(lc.ctx, s, chunk)
-			lc.release()
+			// The chunk's oldest claim has the earliest deadline.
+			its := make([]batchsender.Item, len(chunk))
+			for i, q := range chunk {
+				its[i] = q.it
+			}
+			r.call(chunk[0].lc.ctx, s, its)
+			for _, q := range chunk {
+				q.lc.release()
+			}
 			// Go on with the next queued item while that is fair (see next).
 			for {
-				it, next, ok := r.next()
+				q, ok := r.next()
 				if !ok {
 					return
 				}
-				r.call(next.ctx, slots{}, []batchsender.Item{it})
-				next.release()
+				its = append(its[:0], q.it)
+				r.call(q.lc.ctx, slots{}, its)
+				q.lc.release()
 			}
 		}()
 	}
@@ -492,7 +503,7 @@ func (r *runner) queueLen() int {
 }
 
 // takeQueue empties the queue and returns what it held.
-func (r *runner) takeQueue() []batchsender.Item {
+func (r *runner) takeQueue() []queued {
 	r.qmu.Lock()
 	defer r.qmu.Unlock()
 	q := r.queue
@@ -513,30 +524,141 @@ func (r *runner) takeQueue() []batchsender.Item {
 //   - the batch's status is due to be looked at again, or this node
 //     paused it (recheck), or the engine is shutting down;
 //   - the queue is empty or its lease is half over.
-func (r *runner) next() (batchsender.Item, *leaseCtx, bool) {
+func (r *runner) next() (queued, bool) {
 	if r.maxChunk != 1 || r.lim != nil || r.conn.lim != nil || r.conn.crate != nil ||
 		r.e.runCtx.Err() != nil || r.recheck.Load() ||
 		r.conn.waiting.Load() > 0 || r.e.globalWaiting.Load() > 0 ||
 		(r.conn.csem != nil && !r.conn.csem.keep()) {
-		return batchsender.Item{}, nil, false
+		return queued{}, false
 	}
 	now := r.e.now()
 	if now.UnixNano() >= r.goOnUntil.Load() {
-		return batchsender.Item{}, nil, false
+		return queued{}, false
 	}
 	r.qmu.Lock()
 	defer r.qmu.Unlock()
-	if len(r.queue) == 0 || r.queueLease.Sub(now) < r.e.cfg.LeaseDuration/2 {
-		return batchsender.Item{}, nil, false
+	if len(r.queue) == 0 || r.queue[0].until.Sub(now) < r.e.cfg.LeaseDuration/2 {
+		return queued{}, false
 	}
-	it := r.queue[0]
+	q := r.queue[0]
+	r.queue[0] = queued{}
 	r.queue = r.queue[1:]
 	if len(r.queue) == 0 {
 		r.queue = nil
 	}
 	r.pace.add(now, 1)
-	r.queueCtx.acquire()
-	return it, r.queueCtx, true
+	r.maybePrefetch(now)
+	return q, true
+}
+
+// prefetchBelow is the share of the last claim below which the queue is
+// topped up by a prefetch: the next claim runs while the calls work
+// through the rest, instead of every call slot waiting for it once the
+// queue is empty (one store round trip per claim: milliseconds on
+// PostgreSQL, the claim's whole write on SQLite).
+const prefetchBelow = 2 // half
+
+// maybePrefetch starts a claim in the background when the queue runs low,
+// unless one runs. Only the claim is early: the items wait in the queue
+// under their lease like any others. r.qmu is held.
+func (r *runner) maybePrefetch(now time.Time) {
+	if r.claiming != nil || !r.looping2 || r.lastClaim == 0 || len(r.queue) > r.lastClaim/prefetchBelow ||
+		r.e.runCtx.Err() != nil {
+		return
+	}
+	limit := min(r.e.cfg.ClaimSize, max(r.lookahead(now), r.lastClaim))
+	done := make(chan struct{})
+	r.claiming = done
+	r.e.calls.Add(1)
+	go func() {
+		defer r.e.calls.Done()
+		defer close(done)
+		r.prefetch(limit)
+	}()
+}
+
+// prefetch claims up to limit items and queues them.
+func (r *runner) prefetch(limit int) {
+	now := r.e.now()
+	leaseUntil := now.Add(r.e.cfg.LeaseDuration)
+	items, err := r.e.store.ChunkClaim(r.e.runCtx, batchsender.ChunkClaimParams{
+		BatchID:    r.batch.ID,
+		Owner:      r.e.cfg.NodeID,
+		Now:        now,
+		LeaseUntil: leaseUntil,
+		Limit:      limit,
+	})
+	r.qmu.Lock()
+	r.claiming = nil
+	r.qmu.Unlock()
+	if err != nil {
+		if r.e.runCtx.Err() == nil {
+			r.log.Error("claiming a chunk ahead", slog.Any("error", err))
+		}
+		return
+	}
+	if len(items) > 0 {
+		r.enqueue(items, now, leaseUntil)
+	}
+}
+
+// awaitPrefetch waits for a running prefetch to end. It reports false if
+// ctx ended first.
+func (r *runner) awaitPrefetch(ctx context.Context) bool {
+	r.qmu.Lock()
+	done := r.claiming
+	r.qmu.Unlock()
+	if done == nil {
+		return true
+	}
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// enqueue counts freshly claimed items and queues them for calls, or gives
+// them back when the loop ended or the engine is shutting down meanwhile.
+func (r *runner) enqueue(items []batchsender.Item, now, leaseUntil time.Time) {
+	r.e.stats.claims.Add(1)
+	r.e.stats.itemsClaimed.Add(int64(len(items)))
+	r.e.mu.Lock()
+	r.outstanding += len(items)
+	r.e.mu.Unlock()
+	lc := newLeaseCtx(r.e.sendCtx, leaseUntil.Add(-r.e.cfg.LeaseDuration/10), now.Add(time.Second), len(items))
+	r.qmu.Lock()
+	if !r.looping2 || r.e.runCtx.Err() != nil {
+		r.qmu.Unlock()
+		r.releaseItems(items)
+		lc.cancel()
+		return
+	}
+	for _, it := range items {
+		r.queue = append(r.queue, queued{it: it, until: leaseUntil, lc: lc})
+	}
+	r.lastClaim = len(items)
+	r.qmu.Unlock()
+	// The claim found the batch running (only the loop goroutine reads
+	// statusAt; goOnUntil is what calls look at).
+	r.goOnUntil.Store(now.Add(statusCheckEvery).UnixNano())
+}
+
+// releaseQueued gives queued items back unsent and lets go of their
+// contexts.
+func (r *runner) releaseQueued(q []queued) {
+	if len(q) == 0 {
+		return
+	}
+	items := make([]batchsender.Item, len(q))
+	for i, x := range q {
+		items[i] = x.it
+	}
+	r.releaseItems(items)
+	for _, x := range q {
+		x.lc.release()
+	}
 }
 
 // lookaheadHorizon is how far ahead of its pace a runner claims: the
@@ -617,27 +739,25 @@ func (r *runner) releaseItems(items []batchsender.Item) {
 // rescued item is not sent twice at the same time. There is one per claim
 // rather than one per call because a claim's calls share its lease, and a
 // context with its own timer per call was a measurable share of the send
-// path. It is cancelled when the runner and every call let go of it, and
-// in any case at its deadline.
+// path. It is cancelled once every item of the claim is done with (sent or
+// given back), and in any case at its deadline.
 type leaseCtx struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	refs   atomic.Int64
 }
 
-// newLeaseCtx returns a leaseCtx held once (by the runner), ending at
-// deadline or notBefore, whichever is later.
-func newLeaseCtx(parent context.Context, deadline, notBefore time.Time) *leaseCtx {
+// newLeaseCtx returns a leaseCtx held refs times (once per claimed item),
+// ending at deadline or notBefore, whichever is later.
+func newLeaseCtx(parent context.Context, deadline, notBefore time.Time, refs int) *leaseCtx {
 	if deadline.Before(notBefore) {
 		deadline = notBefore
 	}
 	l := &leaseCtx{}
 	l.ctx, l.cancel = context.WithDeadline(parent, deadline)
-	l.refs.Store(1)
+	l.refs.Store(int64(refs))
 	return l
 }
-
-func (l *leaseCtx) acquire() { l.refs.Add(1) }
 
 func (l *leaseCtx) release() {
 	if l.refs.Add(-1) == 0 {
