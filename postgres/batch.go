@@ -338,13 +338,25 @@ func (s *Store) transition(ctx context.Context, tx pgx.Tx, cur batchsender.Batch
 		if cur.Status.Terminal() {
 			return notApplicable()
 		}
-		// In-flight items are left to finish; only waiting ones stop.
-		tag, err := tx.Exec(ctx, `UPDATE items SET status = 'cancelled', updated_at = $2 WHERE batch_id = $1 AND status = 'pending'`, cur.ID, now)
-		if err != nil {
-			return "", "", d, fmt.Errorf("cancelling items: %w", err)
+		// In-flight items are left to finish; only waiting ones stop. The
+		// pending items are the first attempts behind the claim cursor and
+		// the items waiting in items_retry (see migration 0005); two
+		// statements, so that each walks its own index.
+		var cancelled int64
+		for _, q := range []string{
+			`UPDATE items SET status = 'cancelled', updated_at = $2
+				WHERE batch_id = $1 AND seq > (SELECT claim_seq FROM batches WHERE id = $1) AND status = 'pending' AND retry_at IS NULL`,
+			`UPDATE items SET status = 'cancelled', retry_at = NULL, updated_at = $2
+				WHERE batch_id = $1 AND retry_at IS NOT NULL`,
+		} {
+			tag, err := tx.Exec(ctx, q, cur.ID, now)
+			if err != nil {
+				return "", "", d, fmt.Errorf("cancelling items: %w", err)
+			}
+			cancelled += tag.RowsAffected()
 		}
-		d.add(batchsender.ItemPending, -tag.RowsAffected())
-		d.add(batchsender.ItemCancelled, tag.RowsAffected())
+		d.add(batchsender.ItemPending, -cancelled)
+		d.add(batchsender.ItemCancelled, cancelled)
 		return batchsender.BatchCancelled, p.Reason, d, nil
 	case batchsender.ActionRetryFailed:
 		if cur.Status == batchsender.BatchCancelled {
@@ -354,10 +366,12 @@ func (s *Store) transition(ctx context.Context, tx pgx.Tx, cur batchsender.Batch
 			return "", "", d, batchsender.Errorf(batchsender.ECONFLICT, "batch has no failed or unknown items to retry")
 		}
 		// Fresh attempts: the count starts again from zero and the items
-		// are due at once. The batch row is locked, so its counts of
-		// failed and unknown items are exactly what moves.
-		if _, err := tx.Exec(ctx, `UPDATE items SET status = 'pending', attempts = 0, next_attempt_at = $2, updated_at = $2
-			WHERE batch_id = $1 AND status IN ('failed', 'unknown')`, cur.ID, now); err != nil {
+		// are due at once, claimed through items_retry since the batch's
+		// claim cursor has passed them. The batch row is locked, so its
+		// counts of failed and unknown items are exactly what moves.
+		if _, err := tx.Exec(ctx, `UPDATE items SET status = 'pending', problem = false, attempts = 0,
+				next_attempt_at = $2, retry_at = $2, updated_at = $2
+			WHERE batch_id = $1 AND problem`, cur.ID, now); err != nil {
 			return "", "", d, fmt.Errorf("retrying failed items: %w", err)
 		}
 		d.add(batchsender.ItemFailed, -cur.Counts.Failed)

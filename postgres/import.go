@@ -22,6 +22,9 @@ type importTable struct {
 	// ms marks the columns holding Unix milliseconds (NULL allowed), which
 	// become timestamptz.
 	ms map[string]bool
+	// bools marks the columns holding SQLite's 0 or 1, which become
+	// boolean.
+	bools map[string]bool
 }
 
 // importTables reads the SQLite store's schema as of its migration 3 (see
@@ -58,14 +61,23 @@ var importTables = []importTable{
 		ms: map[string]bool{"send_at": true, "created_at": true, "updated_at": true, "started_at": true, "completed_at": true},
 	},
 	{
+		// The columns SQLite does not have are derived as migration 0005
+		// derives them: the items in flight are grouped into one lease per
+		// (batch, owner, expiry), numbered here and recorded in leases by
+		// importDeriveSQL; retries waiting for their next attempt carry
+		// retry_at; failed and unknown items are problems.
 		name: "items",
 		from: `SELECT i.id, b.id, b.project_id, i.seq, i.data, i.status, i.attempts, i.next_attempt_at, i.last_error, i.provider_message_id,
-			i.lease_owner, i.lease_expires_at, i.units, i.updated_at
+			i.lease_owner, i.lease_expires_at, i.units, i.updated_at,
+			CASE WHEN i.status = 'pending' AND i.attempts > 0 THEN i.next_attempt_at END,
+			i.status IN ('failed', 'unknown'),
+			CASE WHEN i.status = 'in_flight' THEN dense_rank() OVER (ORDER BY b.id, i.lease_owner, i.lease_expires_at) END
 			FROM items i JOIN batches b ON b.bkey = i.batch_key
 			WHERE b.ingesting <> 1 AND i.seq <= b.total ORDER BY i.batch_key, i.seq`,
 		to: []string{"id", "batch_id", "project_id", "seq", "data", "status", "attempts", "next_attempt_at", "last_error", "provider_message_id",
-			"lease_owner", "lease_expires_at", "units", "updated_at"},
-		ms: map[string]bool{"next_attempt_at": true, "lease_expires_at": true, "updated_at": true},
+			"lease_owner", "lease_expires_at", "units", "updated_at", "retry_at", "problem", "lease_id"},
+		ms:    map[string]bool{"next_attempt_at": true, "lease_expires_at": true, "updated_at": true, "retry_at": true},
+		bools: map[string]bool{"problem": true},
 	},
 	{
 		// COPY hands out the new IDs in the order read: each item's
@@ -88,6 +100,27 @@ var importTables = []importTable{
 		to:   []string{"project_id", "name", "version", "module", "template", "created_at"},
 		ms:   map[string]bool{"created_at": true},
 	},
+}
+
+// importDeriveSQL completes the claim state of the imported items as
+// migration 0005 does for live data: the leases of the items in flight, each
+// batch's claim cursor after its last item that is not a pending first
+// attempt, and retry_at for the pending items behind that cursor.
+var importDeriveSQL = []string{
+	`INSERT INTO leases (id, batch_id, owner, expires_at, live, seqs)
+	SELECT lease_id, batch_id, min(lease_owner), min(lease_expires_at), count(*), array_agg(seq ORDER BY seq)
+	FROM items WHERE lease_id IS NOT NULL GROUP BY lease_id, batch_id`,
+	`SELECT setval('leases_id_seq', coalesce(max(id), 0) + 1, false) FROM leases`,
+	`UPDATE batches b SET claim_seq = c.seq
+	FROM (
+		SELECT batch_id, max(seq) AS seq FROM items
+		WHERE NOT (status = 'pending' AND attempts = 0)
+		GROUP BY batch_id
+	) c
+	WHERE b.id = c.batch_id`,
+	`UPDATE items i SET retry_at = i.next_attempt_at
+	FROM batches b
+	WHERE b.id = i.batch_id AND i.status = 'pending' AND i.retry_at IS NULL AND i.seq <= b.claim_seq`,
 }
 
 // ImportReport counts the rows ImportSQLite copied, per table.
@@ -128,7 +161,7 @@ func (s *Store) ImportSQLite(ctx context.Context, src *sql.DB) (ImportReport, er
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		// Keep out other writers of this schema, and refuse to mix two
 		// installations' data.
-		if _, err := tx.Exec(ctx, `LOCK TABLE projects, api_keys, connections, batches, items, attempts, suppressions, templates IN EXCLUSIVE MODE`); err != nil {
+		if _, err := tx.Exec(ctx, `LOCK TABLE projects, api_keys, connections, batches, items, attempts, leases, suppressions, templates IN EXCLUSIVE MODE`); err != nil {
 			return fmt.Errorf("importing: locking tables: %w", err)
 		}
 		var used bool
@@ -144,6 +177,11 @@ func (s *Store) ImportSQLite(ctx context.Context, src *sql.DB) (ImportReport, er
 				return err
 			}
 			report[t.name] = n
+		}
+		for _, q := range importDeriveSQL {
+			if _, err := tx.Exec(ctx, q); err != nil {
+				return fmt.Errorf("importing: deriving the claim state: %w", err)
+			}
 		}
 		return nil
 	})
@@ -207,6 +245,13 @@ func (src *sqlRowsSource) Next() bool {
 				return false
 			}
 			row[i] = time.UnixMilli(n).UTC()
+		case src.t.bools[col]:
+			n, ok := v.(int64)
+			if !ok {
+				src.err = fmt.Errorf("column %s holds %T, want 0 or 1", col, v)
+				return false
+			}
+			row[i] = n != 0
 		case col == "secret_hash" || col == "secrets_sealed":
 			row[i] = asBytes(v)
 		default:

@@ -57,6 +57,10 @@ func (s *Store) ItemList(ctx context.Context, p batchsender.ItemListParams) ([]b
 			return nil, err
 		}
 		filter = ` AND status = '` + string(st) + `'`
+		if st == batchsender.ItemFailed || st == batchsender.ItemUnknown {
+			// Through items_problems.
+			filter = ` AND problem` + filter
+		}
 	}
 	rows, err := s.pool.Query(ctx, `SELECT `+itemColumns+` FROM items
 		WHERE batch_id = $1 AND seq > $2`+filter+`
@@ -104,9 +108,9 @@ func (s *Store) ItemAttemptList(ctx context.Context, projectID, itemID string) (
 // ChunkClaim claims up to Limit due pending items of one running batch.
 //
 // It locks the batch row first (see the package doc), then takes the due
-// items in claim order with FOR UPDATE SKIP LOCKED through the items_due
-// index, counting the attempt in the same statement that moves the counts
-// on the batch row; nothing when the batch is not running.
+// items in claim order, counting the attempt, recording the lease and moving
+// the counts and the batch's claim cursor in the same statement; nothing
+// when the batch is not running.
 func (s *Store) ChunkClaim(ctx context.Context, p batchsender.ChunkClaimParams) ([]batchsender.Item, error) {
 	if p.Limit <= 0 {
 		return []batchsender.Item{}, nil
@@ -140,30 +144,101 @@ func (s *Store) ChunkClaim(ctx context.Context, p batchsender.ChunkClaimParams) 
 	return out, nil
 }
 
-// claimSQL claims due items of one running batch and moves the counts.
-const claimSQL = `WITH claimed AS (
-		UPDATE items SET status = 'in_flight', attempts = attempts + 1,
-			lease_owner = $2, lease_expires_at = $3, updated_at = $4
-		-- By ctid: a TID scan of exactly the rows just locked. With
-		-- "id IN (...)" the planner hashes the subquery against a scan of
-		-- the whole items table once a batch is large. The ctids are
-		-- stable: the rows are locked, and the batch lock taken before this
-		-- statement keeps every other writer of this batch's items out.
-		WHERE ctid = ANY(ARRAY(
-			SELECT ctid FROM items
-			WHERE batch_id = $1 AND status = 'pending' AND next_attempt_at <= $4
-				AND EXISTS (SELECT 1 FROM batches WHERE id = $1 AND status = 'running')
-			ORDER BY next_attempt_at, seq
-			LIMIT $5
-			FOR UPDATE SKIP LOCKED
-		))
+// claimSQL claims due items of one running batch, oldest due first, from
+// two sources (see migration 0005): first attempts in seq order behind the
+// batch's cursor claim_seq, and items due again through items_retry. It
+// updates the items without touching any indexed column of a first attempt,
+// so those updates are HOT; records the claim as one leases row; and moves
+// the counts and the cursor on the batch row.
+//
+// Every item above the cursor is a first attempt: the cursor passes every
+// item a claim took in seq order, and an item comes back to pending only
+// after a claim, with retry_at set. So the next $5 first attempts are the
+// items numbered claim_seq+1 .. claim_seq+$5, and the statement reads that
+// range of the (batch_id, seq) index rather than "seq > claim_seq ORDER BY
+// seq LIMIT $5", which a planner without statistics of a new batch's items
+// runs as a bitmap scan of the whole rest of the batch.
+//
+// The merge takes the first $5 of both sources by (next_attempt_at, seq),
+// but claims the first attempts as a prefix in seq order whatever their
+// times (which rise with seq anyway: they are stamped at ingest), so that
+// the cursor can move to the highest seq claimed without leaving a first
+// attempt behind it. For the same reason the first attempts stop at the
+// first one not yet due, and are locked with a plain FOR UPDATE: SKIP LOCKED
+// could skip a row the cursor then moves past, and that item would never be
+// claimed. Nothing makes the plain lock wait: every writer of a batch's items
+// holds the batch row's lock, taken by the statement before this one. Should
+// the range hold anything but first attempts, the cursor still moves to its
+// end once every first attempt in it is claimed, so it never stalls.
+const claimSQL = `WITH run AS (
+		SELECT claim_seq FROM batches WHERE id = $1 AND status = 'running'
+	), ahead AS (
+		SELECT ctid, seq, next_attempt_at, status = 'pending' AND retry_at IS NULL AS first FROM items
+		WHERE batch_id = $1 AND seq > (SELECT claim_seq FROM run) AND seq <= (SELECT claim_seq FROM run) + $5
+		FOR UPDATE
+	), fresh_due AS (
+		SELECT ctid, seq, next_attempt_at FROM ahead
+		WHERE first AND seq < coalesce((SELECT min(seq) FROM ahead WHERE first AND next_attempt_at > $4), 9223372036854775807)
+	), retry AS (
+		-- Only pending items carry retry_at (items_retry_only_pending).
+		SELECT ctid, seq, next_attempt_at FROM items
+		WHERE batch_id = $1 AND retry_at <= $4 AND EXISTS (SELECT 1 FROM run)
+		ORDER BY retry_at, seq
+		LIMIT $5
+		FOR UPDATE SKIP LOCKED
+	), merged AS (
+		SELECT true AS first, seq, next_attempt_at FROM fresh_due
+		UNION ALL
+		SELECT false, seq, next_attempt_at FROM retry
+		ORDER BY next_attempt_at, seq
+		LIMIT $5
+	), picked AS (
+		(SELECT ctid, seq, true AS first FROM fresh_due ORDER BY seq
+			LIMIT (SELECT count(*) FROM merged WHERE first))
+		UNION ALL
+		(SELECT ctid, seq, false FROM retry ORDER BY next_attempt_at, seq
+			LIMIT (SELECT count(*) FROM merged WHERE NOT first))
+	), lease AS (
+		SELECT nextval('leases_id_seq') AS id
+	), claimed AS (
+		UPDATE items SET status = 'in_flight', attempts = attempts + 1, retry_at = NULL,
+			lease_owner = $2, lease_expires_at = $3, lease_id = (SELECT id FROM lease), updated_at = $4
+		-- By ctid: a TID scan of exactly the rows just locked. The ctids
+		-- are stable: the rows are locked, and the batch lock taken before
+		-- this statement keeps every other writer of this batch's items out.
+		WHERE ctid = ANY(ARRAY(SELECT ctid FROM picked))
 		RETURNING ` + itemColumns + `
+	), leased AS (
+		INSERT INTO leases (id, batch_id, owner, expires_at, live, seqs)
+		SELECT (SELECT id FROM lease), $1, $2, $3, count(*), array_agg(seq) FROM claimed
+		HAVING count(*) > 0
 	), counted AS (
-		UPDATE batches SET count_pending = count_pending - c.n, count_in_flight = count_in_flight + c.n, updated_at = $4
+		UPDATE batches SET count_pending = count_pending - c.n, count_in_flight = count_in_flight + c.n,
+			claim_seq = greatest(claim_seq, CASE
+				WHEN (SELECT count(*) FROM picked WHERE first) = (SELECT count(*) FROM ahead WHERE first)
+				THEN (SELECT max(seq) FROM ahead)
+				ELSE (SELECT max(seq) FROM picked WHERE first) END), updated_at = $4
 		FROM (SELECT count(*) AS n FROM claimed) c
-		WHERE id = $1 AND c.n > 0
+		WHERE id = $1 AND (c.n > 0 OR (EXISTS (SELECT 1 FROM ahead) AND NOT EXISTS (SELECT 1 FROM ahead WHERE first)))
 	)
 	SELECT * FROM claimed ORDER BY next_attempt_at, seq`
+
+// leasesLeftSQL keeps the leases rows in step with items leaving flight (a
+// result, a release): each row counts its items still in flight under it
+// (live), and goes when the last one leaves, so that the leases table holds
+// only the claims with items in flight and LeasesRescue looks up only items
+// that are actually stuck. It expects a CTE named updated returning the
+// lease each item left as left_lease; lease_id is negated, not cleared, when
+// an item leaves its lease, because RETURNING sees only the new row. Every
+// writer of a batch's leases rows holds the batch lock, so the counts are
+// exact.
+const leasesLeftSQL = `, left_leases AS (
+		SELECT left_lease AS id, count(*) AS n FROM updated GROUP BY left_lease
+	), leases_ended AS (
+		DELETE FROM leases l USING left_leases x WHERE l.id = x.id AND l.live <= x.n
+	), leases_kept AS (
+		UPDATE leases l SET live = l.live - x.n FROM left_leases x WHERE l.id = x.id AND l.live > x.n
+	)`
 
 // The batch locks, in ID order.
 const (
@@ -236,19 +311,22 @@ var resultsSQL = `WITH r AS (
 		UPDATE items i SET
 			status = CASE WHEN r.status = 'pending' AND b.status = 'cancelled' THEN 'cancelled' ELSE r.status END,
 			next_attempt_at = CASE WHEN r.status = 'pending' THEN r.next_at ELSE i.next_attempt_at END,
+			-- A retry is claimed again through items_retry. A success
+			-- leaves retry_at and problem as they were (NULL, false), so
+			-- its update changes no indexed column and is HOT.
+			retry_at = CASE WHEN r.status = 'pending' AND b.status <> 'cancelled' THEN r.next_at END,
+			problem = r.status IN ('failed', 'unknown'),
 			last_error = r.error,
 			provider_message_id = CASE WHEN r.msg_id <> '' THEN r.msg_id ELSE i.provider_message_id END,
 			units = i.units + r.units,
-			lease_owner = NULL, lease_expires_at = NULL, updated_at = $14
+			lease_owner = NULL, lease_expires_at = NULL, lease_id = -i.lease_id, updated_at = $14
 		FROM r, batches b
 		-- "In flight under the owner" is said as lease_owner = owner alone
-		-- (the items_lease_iff_in_flight constraint makes them the same):
-		-- a status condition would lead the planner to scan every item in
-		-- flight through items_lease instead of one primary key lookup per
-		-- result.
+		-- (the items_lease_iff_in_flight constraint makes them the same), so
+		-- the planner fetches each result's item by primary key.
 		WHERE i.id = ANY($1::text[]) AND i.id = r.item_id AND b.id = i.batch_id AND i.lease_owner = r.owner
-		RETURNING i.id, i.batch_id, i.project_id, i.attempts, i.status AS to_status
-	), moved AS (
+		RETURNING i.id, i.batch_id, i.project_id, i.attempts, i.status AS to_status, -i.lease_id AS left_lease
+	)` + leasesLeftSQL + `, moved AS (
 		SELECT batch_id, to_status FROM updated
 	), logged AS (
 		INSERT INTO attempts (item_id, batch_id, project_id, number, started_at, latency_ns, outcome, status_code, response, error)
@@ -358,13 +436,17 @@ func (s *Store) ItemsRelease(ctx context.Context, owner string, itemIDs []string
 		if err := tx.QueryRow(ctx, `WITH updated AS (
 				UPDATE items i SET
 					status = CASE WHEN b.status = 'cancelled' THEN 'cancelled' ELSE 'pending' END,
+					-- Due as it was when claimed, so claimed again first;
+					-- through items_retry, since the batch's cursor has
+					-- passed it.
+					retry_at = CASE WHEN b.status = 'cancelled' THEN NULL ELSE i.next_attempt_at END,
 					attempts = greatest(i.attempts - 1, 0),
-					lease_owner = NULL, lease_expires_at = NULL, updated_at = $3
+					lease_owner = NULL, lease_expires_at = NULL, lease_id = -i.lease_id, updated_at = $3
 				FROM batches b
 				-- lease_owner alone means in flight; see resultsSQL.
 				WHERE i.id = ANY($1) AND b.id = i.batch_id AND i.lease_owner = $2
-				RETURNING i.batch_id, i.status AS to_status
-			), moved AS (
+				RETURNING i.batch_id, i.status AS to_status, -i.lease_id AS left_lease
+			)`+leasesLeftSQL+`, moved AS (
 				SELECT batch_id, to_status FROM updated
 			)`+nowParam(applyCountsSQL, "$3"), itemIDs, owner, s.stamp()).Scan(&n); err != nil {
 			return fmt.Errorf("releasing items: %w", err)
@@ -384,11 +466,17 @@ func (s *Store) ItemsRelease(ctx context.Context, owner string, itemIDs []string
 // time to pending, or to failed once they have used all their batch's
 // attempts, so an item that crashes its worker cannot loop forever. Items of
 // a cancelled batch become cancelled.
+//
+// It finds them through the leases rows of the expired claims (there is no
+// index on the items' lease columns; see migration 0005) and deletes those
+// rows. Every item in flight holds a lease from exactly one claim, whose row
+// expires when the item's lease does, so the expired rows name every item
+// with an expired lease.
 func (s *Store) LeasesRescue(ctx context.Context, expiredBefore time.Time) (int, error) {
 	expiredBefore = ms(expiredBefore)
 	var n int
 	err := s.inTx(ctx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT DISTINCT batch_id FROM items WHERE status = 'in_flight' AND lease_expires_at < $1`, expiredBefore)
+		rows, err := tx.Query(ctx, `SELECT DISTINCT batch_id FROM leases WHERE expires_at < $1`, expiredBefore)
 		if err != nil {
 			return fmt.Errorf("rescuing leases: %w", err)
 		}
@@ -402,26 +490,7 @@ func (s *Store) LeasesRescue(ctx context.Context, expiredBefore time.Time) (int,
 		if err := lockBatches(ctx, tx, batchIDs); err != nil {
 			return err
 		}
-		// The expiry is checked again under the locks: a result may have
-		// been written since the first look.
-		if err := tx.QueryRow(ctx, `WITH updated AS (
-				UPDATE items i SET
-					status = CASE
-						WHEN b.status = 'cancelled' THEN 'cancelled'
-						WHEN i.attempts >= b.max_attempts THEN 'failed'
-						ELSE 'pending' END,
-					last_error = CASE
-						WHEN b.status = 'cancelled' THEN i.last_error
-						WHEN i.attempts >= b.max_attempts
-						THEN 'lease expired on attempt ' || i.attempts || ' of ' || b.max_attempts || ' (worker stopped or crashed); no attempts left'
-						ELSE 'lease expired on attempt ' || i.attempts || ' (worker stopped or crashed)' END,
-					lease_owner = NULL, lease_expires_at = NULL, updated_at = $2
-				FROM batches b
-				WHERE b.id = ANY($1) AND i.batch_id = b.id AND i.status = 'in_flight' AND i.lease_expires_at < $3
-				RETURNING i.batch_id, i.status AS to_status
-			), moved AS (
-				SELECT batch_id, to_status FROM updated
-			)`+nowParam(applyCountsSQL, "$2"), batchIDs, s.stamp(), expiredBefore).Scan(&n); err != nil {
+		if err := tx.QueryRow(ctx, rescueSQL, batchIDs, s.stamp(), expiredBefore).Scan(&n); err != nil {
 			return fmt.Errorf("rescuing leases: %w", err)
 		}
 		if n > 0 {
@@ -434,6 +503,38 @@ func (s *Store) LeasesRescue(ctx context.Context, expiredBefore time.Time) (int,
 	}
 	return n, nil
 }
+
+// rescueSQL deletes the expired leases rows of the locked batches $1 and
+// puts back the items still in flight under those leases. The rows are read
+// again under the batch locks: results may have been written, and claims
+// made, since the first look.
+var rescueSQL = `WITH gone AS (
+		DELETE FROM leases WHERE expires_at < $3 AND batch_id = ANY($1)
+		RETURNING id, batch_id, seqs
+	), leased AS (
+		SELECT g.id, g.batch_id, s.seq FROM gone g, unnest(g.seqs) AS s(seq)
+	), updated AS (
+		UPDATE items i SET
+			status = CASE
+				WHEN b.status = 'cancelled' THEN 'cancelled'
+				WHEN i.attempts >= b.max_attempts THEN 'failed'
+				ELSE 'pending' END,
+			retry_at = CASE WHEN b.status <> 'cancelled' AND i.attempts < b.max_attempts THEN i.next_attempt_at END,
+			problem = b.status <> 'cancelled' AND i.attempts >= b.max_attempts,
+			last_error = CASE
+				WHEN b.status = 'cancelled' THEN i.last_error
+				WHEN i.attempts >= b.max_attempts
+				THEN 'lease expired on attempt ' || i.attempts || ' of ' || b.max_attempts || ' (worker stopped or crashed); no attempts left'
+				ELSE 'lease expired on attempt ' || i.attempts || ' (worker stopped or crashed)' END,
+			lease_owner = NULL, lease_expires_at = NULL, lease_id = -i.lease_id, updated_at = $2
+		FROM leased l, batches b
+		-- Through the (batch_id, seq) index; lease_id says the item is still
+		-- in flight under this very claim (items_lease_iff_in_flight).
+		WHERE i.batch_id = l.batch_id AND i.seq = l.seq AND i.lease_id = l.id AND b.id = i.batch_id
+		RETURNING i.batch_id, i.status AS to_status
+	), moved AS (
+		SELECT batch_id, to_status FROM updated
+	)` + nowParam(applyCountsSQL, "$2")
 
 // nowParam puts the statement's parameter for "now" into applyCountsSQL.
 func nowParam(sql, param string) string {

@@ -10,8 +10,12 @@
 // only then touches items. The batch row carries the per-status counts, so it
 // is written by all those transactions anyway; taking it first gives one lock
 // order everywhere, so claims, results, rescues and cancels never deadlock.
-// Item claims still use FOR UPDATE SKIP LOCKED so two claimers never wait on
-// or return the same item.
+// The batch lock also serialises the claims of one batch, so two claimers
+// never return the same item: ChunkClaim takes first attempts behind a
+// per-batch cursor (batches.claim_seq) and items due again through an index
+// of their own, and lease rescue works from one leases row per claim. That
+// way no index of items refers to a column that a claim or a result
+// changes, and those updates are heap-only (HOT): see migration 0005.
 //
 // Everything the store creates lives in the connection's current schema
 // (search_path), and the advisory lock keys and the NOTIFY payload are
