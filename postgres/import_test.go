@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -141,6 +142,23 @@ func TestImportSQLiteCopiesEverything(t *testing.T) {
 	// and the batch can finish.
 	if n, err := pg.LeasesRescue(ctx, now.Add(2*time.Minute)); err != nil || n != 1 {
 		t.Fatalf("LeasesRescue after import: %d %v", n, err)
+	}
+	// The failed item is listed as one; the retry, the rescued item and
+	// the one never claimed are all claimed again.
+	if failed, err := pg.ItemList(ctx, batchsender.ItemListParams{ProjectID: p.ID, BatchID: run.ID, Status: batchsender.ItemFailed}); err != nil || len(failed) != 1 || failed[0].Seq != 2 {
+		t.Fatalf("failed items after import: %+v, %v; want seq 2", failed, err)
+	}
+	later := now.Add(time.Hour)
+	again, err := pg.ChunkClaim(ctx, batchsender.ChunkClaimParams{BatchID: run.ID, Owner: "w2", Now: later, LeaseUntil: later.Add(time.Minute), Limit: 10})
+	if err != nil {
+		t.Fatalf("claim after import: %v", err)
+	}
+	var seqs []int64
+	for _, it := range again {
+		seqs = append(seqs, it.Seq)
+	}
+	if slices.Sort(seqs); !slices.Equal(seqs, []int64{3, 4, 5}) {
+		t.Fatalf("claimed after import: seqs %v, want 3 4 5", seqs)
 	}
 
 	// A second import into the same, now non-empty, database is refused.
