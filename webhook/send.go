@@ -183,18 +183,18 @@ func (s *sender) sendOne(ctx context.Context, item sdk.Item) sdk.Result {
 			return notSent(err)
 		}
 	}
-	release, err := p.hosts.acquire(ctx, r.hostKey)
+	slot, err := p.hosts.acquire(ctx, r.hostKey)
 	if err != nil {
 		return notSent(err)
 	}
-	defer release()
+	defer p.hosts.release(r.hostKey, slot)
 	return p.do(ctx, item, r)
 }
 
 // do sends one signed request and classifies the answer.
 func (p *Provider) do(ctx context.Context, item sdk.Item, r request) sdk.Result {
-	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(p.cfg.Timeout))
-	defer cancel()
+	// Deadlines are real time, not the injected clock.
+	reqCtx := p.deadlines.ctx(ctx, time.Now(), time.Duration(p.cfg.Timeout))
 	req := &http.Request{
 		Method:     r.method,
 		URL:        r.url,
@@ -259,6 +259,53 @@ func (p *Provider) do(ctx context.Context, item sdk.Item, r request) sdk.Result 
 	snippetBufs.Put(buf)
 	res.Latency = time.Since(start)
 	return res
+}
+
+// deadlineShare is how long requests share one timeout context: a request
+// may run up to this much longer than its timeout.
+const deadlineShare = 100 * time.Millisecond
+
+// sharedDeadlines hands out the timeout contexts of requests: one per
+// parent context and deadlineShare window instead of one per request,
+// whose context and timer were one of the send path's largest allocations.
+// The shared contexts are never cancelled early (a request that ends
+// cannot cancel the others', and a provider may be closed while calls
+// still run on it); each ends at its deadline, or with its parent, and is
+// then freed.
+type sharedDeadlines struct {
+	mu      sync.Mutex
+	entries [4]sharedDeadline // the engine runs at most a few claims' contexts at once
+	next    int
+}
+
+type sharedDeadline struct {
+	parent context.Context
+	until  time.Time // requests starting before until share ctx
+	ctx    context.Context
+	end    time.Time          // ctx's deadline
+	cancel context.CancelFunc // only once ctx has ended by itself
+}
+
+// ctx returns a context that ends when parent does or between timeout and
+// timeout+deadlineShare after now.
+func (d *sharedDeadlines) ctx(parent context.Context, now time.Time, timeout time.Duration) context.Context {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i := range d.entries {
+		e := &d.entries[i]
+		if e.parent == parent && now.Before(e.until) && !now.Before(e.until.Add(-deadlineShare)) {
+			return e.ctx
+		}
+	}
+	e := &d.entries[d.next]
+	d.next = (d.next + 1) % len(d.entries)
+	if e.cancel != nil && !now.Before(e.end) {
+		e.cancel() // ended already; this only tidies up
+	}
+	end := now.Add(timeout + deadlineShare)
+	ctx, cancel := context.WithDeadline(parent, end)
+	*e = sharedDeadline{parent: parent, until: now.Add(deadlineShare), ctx: ctx, end: end, cancel: cancel}
+	return ctx
 }
 
 // snippetBufs holds the buffers answers are read into before their prefix
@@ -388,7 +435,9 @@ func newHostLimiter(max int) *hostLimiter {
 	return &hostLimiter{max: max, m: map[string]*hostSlot{}}
 }
 
-func (h *hostLimiter) acquire(ctx context.Context, host string) (func(), error) {
+// acquire takes a slot of host, waiting while it has none free. Give it
+// back with release(host, slot).
+func (h *hostLimiter) acquire(ctx context.Context, host string) (*hostSlot, error) {
 	h.mu.Lock()
 	s := h.m[host]
 	if s == nil {
@@ -397,19 +446,26 @@ func (h *hostLimiter) acquire(ctx context.Context, host string) (func(), error) 
 	}
 	s.refs++
 	h.mu.Unlock()
-	unref := func() {
-		h.mu.Lock()
-		s.refs--
-		if s.refs == 0 {
-			delete(h.m, host)
-		}
-		h.mu.Unlock()
-	}
 	select {
 	case s.ch <- struct{}{}:
-		return func() { <-s.ch; unref() }, nil
+		return s, nil
 	case <-ctx.Done():
-		unref()
+		h.unref(host, s)
 		return nil, ctx.Err()
 	}
+}
+
+// release gives back a slot acquire returned.
+func (h *hostLimiter) release(host string, s *hostSlot) {
+	<-s.ch
+	h.unref(host, s)
+}
+
+func (h *hostLimiter) unref(host string, s *hostSlot) {
+	h.mu.Lock()
+	s.refs--
+	if s.refs == 0 {
+		delete(h.m, host)
+	}
+	h.mu.Unlock()
 }

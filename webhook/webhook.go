@@ -112,6 +112,7 @@ type Provider struct {
 	inflight     chan struct{} // nil: no provider-level concurrency cap
 	limiter      *rate.Limiter // nil: no provider-level rate cap
 	macs         sync.Pool     // *signer for key: one HMAC state per concurrent send
+	deadlines    sharedDeadlines
 }
 
 // Info implements sdk.Provider.
