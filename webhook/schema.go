@@ -9,7 +9,7 @@ const configSchema = `{
   "type": "object",
   "additionalProperties": false,
   "properties": {
-    "timeout": {"type": "string", "description": "Per-request timeout as a Go duration, e.g. \"10s\"; more than 0s, at most 5m.", "default": "10s"},
+    "timeout": {"type": "string", "description": "Per-request timeout as a Go duration, e.g. \"10s\"; more than 0s, at most 5m. A request may run up to 100ms longer (requests starting within 100ms share one timer).", "default": "10s"},
     "max_per_host": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 64, "description": "Most requests in flight to one destination host."},
     "rate_per_second": {"type": "number", "minimum": 0, "maximum": 1000000, "default": 0, "description": "Requests per second for the connection; 0 is unlimited."},
     "concurrency": {"type": "integer", "minimum": 0, "maximum": 10000, "default": 0, "description": "Requests in flight for the connection; 0 leaves it to the engine (default 128)."},
