@@ -209,8 +209,11 @@ const claimSQL = `WITH run AS (
 		WHERE ctid = ANY(ARRAY(SELECT ctid FROM picked))
 		RETURNING ` + itemColumns + `
 	), leased AS (
-		INSERT INTO leases (id, batch_id, owner, expires_at, live, seqs)
-		SELECT (SELECT id FROM lease), $1, $2, $3, count(*), array_agg(seq) FROM claimed
+		INSERT INTO leases (id, batch_id, owner, expires_at, live, first_seq, last_seq, seqs)
+		SELECT (SELECT id FROM lease), $1, $2, $3, count(*),
+			(SELECT min(seq) FROM picked WHERE first), (SELECT max(seq) FROM picked WHERE first),
+			ARRAY(SELECT seq FROM picked WHERE NOT first)
+		FROM claimed
 		HAVING count(*) > 0
 	), counted AS (
 		UPDATE batches SET count_pending = count_pending - c.n, count_in_flight = count_in_flight + c.n,
@@ -510,8 +513,12 @@ func (s *Store) LeasesRescue(ctx context.Context, expiredBefore time.Time) (int,
 // made, since the first look.
 var rescueSQL = `WITH gone AS (
 		DELETE FROM leases WHERE expires_at < $3 AND batch_id = ANY($1)
-		RETURNING id, batch_id, seqs
+		RETURNING id, batch_id, first_seq, last_seq, seqs
 	), leased AS (
+		-- Should the run of first attempts hold items claimed otherwise,
+		-- lease_id below leaves them alone.
+		SELECT g.id, g.batch_id, s.seq FROM gone g, generate_series(g.first_seq, g.last_seq) AS s(seq)
+		UNION ALL
 		SELECT g.id, g.batch_id, s.seq FROM gone g, unnest(g.seqs) AS s(seq)
 	), updated AS (
 		UPDATE items i SET

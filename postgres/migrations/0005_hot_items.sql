@@ -47,19 +47,24 @@ ALTER TABLE items
     ADD COLUMN lease_id bigint,
     SET (fillfactor = 50);
 
--- One row per claim with items still in flight: which items (by seq) it
--- leased to whom, until when, and how many of them are still in flight under
--- it (live). The statements that take items out of flight count them down
--- and delete the row with its last item, so the table stays as small as the
--- work in flight. LeasesRescue takes the expired rows, puts back those of
--- their items still in flight under that very lease (items.lease_id = id)
--- and deletes the rows.
+-- One row per claim with items still in flight: which items it leased to
+-- whom, until when, and how many of them are still in flight under it
+-- (live). The items are the first attempts first_seq..last_seq (a claim
+-- takes them as a run) and the items due again listed in seqs, so the row
+-- stays small (no TOAST, no compression) and its count updates are cheap.
+-- The statements that take items out of flight count them down and delete
+-- the row with its last item, so the table stays as small as the work in
+-- flight. LeasesRescue takes the expired rows, puts back those of their
+-- items still in flight under that very lease (items.lease_id = id) and
+-- deletes the rows.
 CREATE TABLE leases (
     id         bigserial PRIMARY KEY,
     batch_id   text NOT NULL,
     owner      text NOT NULL,
     expires_at timestamptz NOT NULL,
     live       integer NOT NULL,
+    first_seq  bigint,
+    last_seq   bigint,
     seqs       bigint[] NOT NULL
 );
 CREATE INDEX leases_expiry ON leases (expires_at);
