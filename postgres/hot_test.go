@@ -303,3 +303,43 @@ func TestMigration0005KeepsLiveWork(t *testing.T) {
 		t.Fatalf("finished batch claimed %v", seqsOf(got))
 	}
 }
+
+// TestOlderNodesItemWritesAreRefused writes items the way a node of a
+// version before migration 0005 does (it knows nothing of lease_id,
+// retry_at and problem) and expects the CHECK constraints to refuse each
+// write that would leave an item unclaimable or unrescuable, so that a node
+// left running through an upgrade fails loudly instead of losing items.
+func TestOlderNodesItemWritesAreRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := setup(t, newStore(t))
+	b := f.batch(t, batchsender.BatchRunning, 4, batchsender.BatchOptions{MaxAttempts: 5})
+	now := time.Now()
+	claimed, err := f.s.ChunkClaim(ctx, batchsender.ChunkClaimParams{BatchID: b.ID, Owner: "new", Now: now, LeaseUntil: now.Add(time.Minute), Limit: 3})
+	if err != nil || len(claimed) != 3 {
+		t.Fatalf("ChunkClaim = %d, %v", len(claimed), err)
+	}
+	retry := batchsender.ItemResult{ItemID: claimed[0].ID, BatchID: b.ID, Owner: "new", Status: batchsender.ItemPending, NextAttemptAt: now.Add(time.Hour),
+		Attempt: batchsender.Attempt{ItemID: claimed[0].ID, Number: 1, StartedAt: now, Outcome: "retry"}}
+	failed := batchsender.ItemResult{ItemID: claimed[1].ID, BatchID: b.ID, Owner: "new", Status: batchsender.ItemFailed,
+		Attempt: batchsender.Attempt{ItemID: claimed[1].ID, Number: 1, StartedAt: now, Outcome: "permanent"}}
+	if n, err := f.s.ItemResultsWriteMany(ctx, []batchsender.ItemResult{retry, failed}); err != nil || n != 2 {
+		t.Fatalf("ItemResultsWriteMany = %d, %v", n, err)
+	}
+	var fresh string
+	if err := f.s.pool.QueryRow(ctx, `SELECT id FROM items WHERE batch_id = $1 AND seq = 4`, b.ID).Scan(&fresh); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []struct{ what, sql, id string }{
+		{"claim", `UPDATE items SET status = 'in_flight', attempts = attempts + 1, lease_owner = 'old', lease_expires_at = now() WHERE id = $1`, fresh},
+		{"result", `UPDATE items SET status = 'succeeded', lease_owner = NULL, lease_expires_at = NULL WHERE id = $1`, claimed[2].ID},
+		{"release", `UPDATE items SET status = 'pending', attempts = attempts - 1, lease_owner = NULL, lease_expires_at = NULL WHERE id = $1`, claimed[2].ID},
+		{"retry_failed", `UPDATE items SET status = 'pending', attempts = 0 WHERE id = $1`, claimed[1].ID},
+		{"cancel", `UPDATE items SET status = 'cancelled' WHERE id = $1`, claimed[0].ID},
+	} {
+		_, err := f.s.pool.Exec(ctx, w.sql, w.id)
+		if code := pgCode(err); code != "23514" {
+			t.Errorf("an older node's %s: error %v (code %q), want a check violation", w.what, err, code)
+		}
+	}
+}

@@ -28,19 +28,21 @@
 --
 -- The CHECK constraints pin these invariants. They also make a node still
 -- running an older binary fail loudly instead of losing items: its claims
--- set no lease_id, its results leave lease_id set, its retry_failed leaves
--- problem set, so the database refuses their writes.
+-- set no lease_id, its results and releases leave lease_id set, its
+-- retry_failed leaves problem set, its cancel leaves retry_at set, so the
+-- database refuses their writes.
 
 ALTER TABLE batches ADD COLUMN claim_seq bigint NOT NULL DEFAULT 0;
 
 -- fillfactor leaves room on each page for the new versions of its rows:
 -- HOT needs the new version on the same page. A claim takes a run of
 -- consecutive items, often every row of a page, in one transaction, so the
--- page must hold a second (slightly longer) version of all its rows at once:
--- at 50 nearly every claim is HOT, at 70 about half, at 90 a sixth. The
--- result that follows finds the claim's old versions dead and pruned. It
--- applies to pages written from now on; existing pages make room as their
--- dead versions are pruned.
+-- page must hold a second (slightly longer) version of all its rows at once;
+-- the result that follows finds the claim's old versions dead and prunes
+-- them. Claims of 500 with results in flushes of 100 made 97% of the item
+-- updates HOT at fillfactor 50, 55% at 70, 15% at 90. It applies to pages
+-- written from now on; existing pages make room as their dead versions are
+-- pruned.
 ALTER TABLE items
     ADD COLUMN retry_at timestamptz,
     ADD COLUMN problem  boolean NOT NULL DEFAULT false,
@@ -122,7 +124,8 @@ ALTER TABLE items DROP CONSTRAINT items_lease_iff_in_flight;
 -- exactly then; the statements that take an item out of flight negate it,
 -- so that their RETURNING can say which lease the item left.
 ALTER TABLE items ADD CONSTRAINT items_lease_iff_in_flight
-    CHECK ((status = 'in_flight') = (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL AND coalesce(lease_id, 0) > 0));
+    CHECK ((status = 'in_flight') = (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL)
+        AND (status = 'in_flight') = (coalesce(lease_id, 0) > 0));
 -- retry_at is set only on pending items, and then to their next attempt, so
 -- that items_retry holds them in claim order (next_attempt_at, seq).
 ALTER TABLE items ADD CONSTRAINT items_retry_only_pending
