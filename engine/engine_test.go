@@ -591,14 +591,22 @@ func TestEngine(t *testing.T) {
 		t.Parallel()
 		// One item per call and 8 calls in flight: claiming only for free
 		// slots would take at most 8 items per claim. The runner claims
-		// what it starts within about a second at its measured pace.
+		// what it starts within about a second at its measured pace. Calls
+		// take 2ms so that the batch runs well past the pace's first
+		// measuring window (250ms) however fast the machine: until then
+		// claims are for the free slots only.
 		f := setup(t, "test.single")
-		b := f.batch(t, 1500, batchsender.BatchRunning, batchsender.BatchOptions{})
+		f.ctl.send = each(func(context.Context, sdk.Item) sdk.Result {
+			time.Sleep(2 * time.Millisecond)
+			return sdk.OK("m")
+		})
+		const n = 6000
+		b := f.batch(t, n, batchsender.BatchRunning, batchsender.BatchOptions{})
 		e, _ := f.engine(t, engine.Config{})
 		f.waitStatus(t, b.ID, batchsender.BatchCompleted)
 		st := e.Stats()
-		if st.ItemsClaimed != 1500 || st.Claims == 0 {
-			t.Fatalf("stats = %+v, want 1500 items claimed", st)
+		if st.ItemsClaimed != n || st.Claims == 0 {
+			t.Fatalf("stats = %+v, want %d items claimed", st, n)
 		}
 		if per := st.ItemsClaimed / st.Claims; per <= 16 {
 			t.Fatalf("%d items per claim (%d claims), want well over the 8 free slots", per, st.Claims)
@@ -606,7 +614,7 @@ func TestEngine(t *testing.T) {
 		if got := f.ctl.maxSeen.Load(); got > 8 {
 			t.Fatalf("max calls in flight = %d, want at most the connection's 8", got)
 		}
-		t.Logf("%d claims for 1500 items", st.Claims)
+		t.Logf("%d claims for %d items", st.Claims, n)
 	})
 
 	t.Run("QueuedItemsAreGivenBackWhenHalfTheirLeaseIsGone", func(t *testing.T) {
@@ -642,7 +650,9 @@ func TestEngine(t *testing.T) {
 	t.Run("ConnectionConfigSetsLimits", func(t *testing.T) {
 		t.Parallel()
 		// test.single defaults to 8 in flight and no rate; the connection's
-		// config sets 2 in flight and 40 calls a second.
+		// config sets 2 in flight and 40 calls a second. Calls take 60ms,
+		// longer than the 25ms between two calls at that rate, so that two
+		// run at once and the concurrency limit is what holds them back.
 		f := setup(t, "test.single")
 		key, ctl := newControl()
 		t.Cleanup(func() { controls.Delete(key) })
@@ -654,7 +664,7 @@ func TestEngine(t *testing.T) {
 			t.Fatal(err)
 		}
 		ctl.send = each(func(context.Context, sdk.Item) sdk.Result {
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(60 * time.Millisecond)
 			return sdk.OK("m")
 		})
 		f.conn, f.ctl = conn, ctl

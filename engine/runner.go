@@ -50,7 +50,7 @@ type runner struct {
 	qmu       sync.Mutex
 	queue     []queued
 	pace      pacer
-	lastClaim int           // items the last claim took
+	lastClaim int           // items the loop's last claim took (prefetches top up to it)
 	claiming  chan struct{} // non-nil while a prefetch claims; closed when it ends
 	looping2  bool          // the loop runs (a prefetch that ends after it gives its items back)
 
@@ -393,6 +393,9 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 			return 0, nil
 		}
 		r.enqueue(items, now, leaseUntil)
+		r.qmu.Lock()
+		r.lastClaim = len(items)
+		r.qmu.Unlock()
 		claimed = len(items)
 		// The claim found the batch running.
 		r.statusAt = now
@@ -562,11 +565,19 @@ const prefetchBelow = 2 // half
 // unless one runs. Only the claim is early: the items wait in the queue
 // under their lease like any others. r.qmu is held.
 func (r *runner) maybePrefetch(now time.Time) {
-	if r.claiming != nil || !r.looping2 || r.lastClaim == 0 || len(r.queue) > r.lastClaim/prefetchBelow ||
-		r.e.runCtx.Err() != nil {
+	if r.claiming != nil || !r.looping2 || r.lastClaim == 0 || r.e.runCtx.Err() != nil {
 		return
 	}
-	limit := min(r.e.cfg.ClaimSize, max(r.lookahead(now), r.lastClaim))
+	// Top the queue up to what the runner starts within the look-ahead
+	// horizon (or the loop's last claim, while the pace is not known
+	// yet), as the loop's own claims do: a node never holds much more work
+	// than that, which leaves the rest of the batch to the other nodes of
+	// a cluster.
+	target := min(r.e.cfg.ClaimSize, max(r.lookahead(now), r.lastClaim))
+	if len(r.queue) > target/prefetchBelow {
+		return
+	}
+	limit := target - len(r.queue)
 	done := make(chan struct{})
 	r.claiming = done
 	r.e.calls.Add(1)
@@ -638,7 +649,6 @@ func (r *runner) enqueue(items []batchsender.Item, now, leaseUntil time.Time) {
 	for _, it := range items {
 		r.queue = append(r.queue, queued{it: it, until: leaseUntil, lc: lc})
 	}
-	r.lastClaim = len(items)
 	r.qmu.Unlock()
 	// The claim found the batch running (only the loop goroutine reads
 	// statusAt; goOnUntil is what calls look at).
