@@ -80,7 +80,8 @@ type Store interface {
 	// its attempt count goes up by one in the same statement. Items of a
 	// batch that is not running are never claimed. Returns an empty slice when
 	// nothing is due. Two concurrent claims never return the same item (on
-	// PostgreSQL through FOR UPDATE SKIP LOCKED).
+	// PostgreSQL they queue on the batch row's lock, then lock the items
+	// they take).
 	ChunkClaim(ctx context.Context, p ChunkClaimParams) ([]Item, error)
 	// ItemResultsWriteMany writes the outcomes of many attempts in one
 	// transaction: item status, error, next attempt time, the attempt record
