@@ -35,10 +35,13 @@ type clusterRate struct {
 // error of up to one round trip, calls start up to grace after their slot,
 // and a loaded machine delays the request itself further; at the full rate
 // these delays could put a few more calls than the rate into some
-// one-second window. Running 5% under absorbs about 50ms of such delay at
-// any rate (a window then holds at most 0.95·rate·1.05 < rate calls), so
+// one-second window. Running 7% under absorbs about 75ms of such delay at
+// any rate (a window then holds at most 0.93·rate·1.075 < rate calls), so
 // the configured rate holds in every window of one second at the receiver.
-const clusterRateMargin = 0.95
+// (5% was not enough: with three nodes, PostgreSQL and the receiver on a
+// loaded 2-core machine, a one-second window at the receiver once held 102
+// requests at a rate of 100/s.)
+const clusterRateMargin = 0.93
 
 // grace is how late a call may start after its slot: half a slot, within
 // [1ms, 50ms]. A later start could bunch with calls on time in the next
