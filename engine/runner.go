@@ -52,7 +52,7 @@ type runner struct {
 	pace      pacer
 	lastClaim int           // items the loop's last claim took (prefetches top up to it)
 	claiming  chan struct{} // non-nil while a prefetch claims; closed when it ends
-	looping2  bool          // the loop runs (a prefetch that ends after it gives its items back)
+	queueOpen bool          // the loop runs and sends what is queued; a prefetch that ends after it gives its items back
 
 	// Used by the loop goroutine only.
 	statusAt time.Time // when the batch's status was last looked at
@@ -139,12 +139,12 @@ func (r *runner) untilDue(now time.Time) (time.Duration, bool) {
 func (r *runner) loop(ctx context.Context) {
 	defer r.e.loopEnded(r)
 	r.qmu.Lock()
-	r.looping2 = true
+	r.queueOpen = true
 	r.qmu.Unlock()
 	defer func() {
 		r.goOnUntil.Store(0)
 		r.qmu.Lock()
-		r.looping2 = false
+		r.queueOpen = false
 		q := r.queue
 		r.queue = nil
 		r.qmu.Unlock()
@@ -397,9 +397,7 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 		r.lastClaim = len(items)
 		r.qmu.Unlock()
 		claimed = len(items)
-		// The claim found the batch running.
-		r.statusAt = now
-		r.goOnUntil.Store(now.Add(statusCheckEvery).UnixNano())
+		r.statusAt = now // the claim found the batch running
 	}
 
 	if ctx.Err() != nil {
@@ -420,9 +418,7 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 		r.queue = nil
 	}
 	r.pace.add(now, len(items))
-	if budget < 0 {
-		r.maybePrefetch(now)
-	}
+	r.maybePrefetch(now)
 	r.qmu.Unlock()
 	if len(items) == 0 {
 		// Call goroutines took the queue meanwhile.
@@ -528,8 +524,7 @@ func (r *runner) takeQueue() []queued {
 //     paused it (recheck), or the engine is shutting down;
 //   - the queue is empty or its lease is half over.
 func (r *runner) next() (queued, bool) {
-	if r.maxChunk != 1 || r.lim != nil || r.conn.lim != nil || r.conn.crate != nil ||
-		r.e.runCtx.Err() != nil || r.recheck.Load() ||
+	if r.maxChunk != 1 || r.rateLimited() || r.e.runCtx.Err() != nil || r.recheck.Load() ||
 		r.conn.waiting.Load() > 0 || r.e.globalWaiting.Load() > 0 ||
 		(r.conn.csem != nil && !r.conn.csem.keep()) {
 		return queued{}, false
@@ -554,6 +549,13 @@ func (r *runner) next() (queued, bool) {
 	return q, true
 }
 
+// rateLimited reports whether the runner's calls take rate tokens, which
+// the loop reserves per call (schedule): such runners keep the loop's
+// claim-and-start cycle, without prefetches or calls that go on.
+func (r *runner) rateLimited() bool {
+	return r.lim != nil || r.conn.lim != nil || r.conn.crate != nil
+}
+
 // prefetchBelow is the share of the last claim below which the queue is
 // topped up by a prefetch: the next claim runs while the calls work
 // through the rest, instead of every call slot waiting for it once the
@@ -565,7 +567,7 @@ const prefetchBelow = 2 // half
 // unless one runs. Only the claim is early: the items wait in the queue
 // under their lease like any others. r.qmu is held.
 func (r *runner) maybePrefetch(now time.Time) {
-	if r.claiming != nil || !r.looping2 || r.lastClaim == 0 || r.e.runCtx.Err() != nil {
+	if r.claiming != nil || !r.queueOpen || r.lastClaim == 0 || r.rateLimited() || r.e.runCtx.Err() != nil {
 		return
 	}
 	// Top the queue up to what the runner starts within the look-ahead
@@ -640,7 +642,7 @@ func (r *runner) enqueue(items []batchsender.Item, now, leaseUntil time.Time) {
 	r.e.mu.Unlock()
 	lc := newLeaseCtx(r.e.sendCtx, leaseUntil.Add(-r.e.cfg.LeaseDuration/10), now.Add(time.Second), len(items))
 	r.qmu.Lock()
-	if !r.looping2 || r.e.runCtx.Err() != nil {
+	if !r.queueOpen || r.e.runCtx.Err() != nil {
 		r.qmu.Unlock()
 		r.releaseItems(items)
 		lc.cancel()
