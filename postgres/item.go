@@ -190,18 +190,18 @@ func collectClaimed(rows pgx.Rows, p batchsender.ChunkClaimParams) ([]batchsende
 // times (which rise with seq anyway: they are stamped at ingest), so that
 // the cursor can move to the highest seq claimed without leaving a first
 // attempt behind it. For the same reason the first attempts stop at the
-// first one not yet due, and are locked with a plain FOR UPDATE: SKIP LOCKED
-// could skip a row the cursor then moves past, and that item would never be
-// claimed. Nothing makes the plain lock wait: every writer of a batch's items
-// holds the batch row's lock, taken by the statement before this one. Should
-// the range hold anything but first attempts, the cursor still moves to its
-// end once every first attempt in it is claimed, so it never stalls.
+// first one not yet due, and are not read with SKIP LOCKED, which could skip
+// a row the cursor then moves past, never to be claimed. They need no row
+// locks at all: every writer of a batch's items holds the batch row's lock,
+// taken by the statement before this one, whose snapshot this statement
+// postdates; a row lock would only cost a WAL record per item. Should the
+// range hold anything but first attempts, the cursor still moves to its end
+// once every first attempt in it is claimed, so it never stalls.
 const claimSQL = `WITH run AS (
 		SELECT claim_seq FROM batches WHERE id = $1 AND status = 'running'
 	), ahead AS (
 		SELECT ctid, seq, next_attempt_at, status = 'pending' AND retry_at IS NULL AS first FROM items
 		WHERE batch_id = $1 AND seq > (SELECT claim_seq FROM run) AND seq <= (SELECT claim_seq FROM run) + $5
-		FOR UPDATE
 	), fresh_due AS (
 		SELECT ctid, seq, next_attempt_at FROM ahead
 		WHERE first AND seq < coalesce((SELECT min(seq) FROM ahead WHERE first AND next_attempt_at > $4), 9223372036854775807)
@@ -331,29 +331,32 @@ const applyCountsSQL = `, deltas AS (
 // items still in flight under their owner, recorded as attempts (numbered by
 // the item's own attempt count, raised at claim), and summed into one
 // counts update per batch. A retry result for an item of a cancelled batch
-// cancels the item, since nothing would claim it again.
+// cancels the item, since nothing would claim it again; the cancelled ones
+// among the batches $15 are looked up once, not joined to every item.
 var resultsSQL = `WITH r AS (
 		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::int[],
 			$8::timestamptz[], $9::bigint[], $10::text[], $11::int[], $12::text[], $13::text[])
 			AS r(item_id, owner, status, next_at, error, msg_id, units, started_at, latency, outcome, code, response, att_error)
+	), cancelled AS (
+		SELECT coalesce(array_agg(id), '{}') AS ids FROM batches WHERE id = ANY($15::text[]) AND status = 'cancelled'
 	), updated AS (
 		UPDATE items i SET
-			status = CASE WHEN r.status = 'pending' AND b.status = 'cancelled' THEN 'cancelled' ELSE r.status END,
+			status = CASE WHEN r.status = 'pending' AND i.batch_id = ANY((SELECT ids FROM cancelled)::text[]) THEN 'cancelled' ELSE r.status END,
 			next_attempt_at = CASE WHEN r.status = 'pending' THEN r.next_at ELSE i.next_attempt_at END,
 			-- A retry is claimed again through items_retry. A success
 			-- leaves retry_at and problem as they were (NULL, false), so
 			-- its update changes no indexed column and is HOT.
-			retry_at = CASE WHEN r.status = 'pending' AND b.status <> 'cancelled' THEN r.next_at END,
+			retry_at = CASE WHEN r.status = 'pending' AND NOT i.batch_id = ANY((SELECT ids FROM cancelled)::text[]) THEN r.next_at END,
 			problem = r.status IN ('failed', 'unknown'),
 			last_error = r.error,
 			provider_message_id = CASE WHEN r.msg_id <> '' THEN r.msg_id ELSE i.provider_message_id END,
 			units = i.units + r.units,
 			lease_owner = NULL, lease_expires_at = NULL, lease_id = -i.lease_id, updated_at = $14
-		FROM r, batches b
+		FROM r
 		-- "In flight under the owner" is said as lease_owner = owner alone
 		-- (the items_lease_iff_in_flight constraint makes them the same), so
 		-- the planner fetches each result's item by primary key.
-		WHERE i.id = ANY($1::text[]) AND i.id = r.item_id AND b.id = i.batch_id AND i.lease_owner = r.owner
+		WHERE i.id = ANY($1::text[]) AND i.id = r.item_id AND i.lease_owner = r.owner
 		RETURNING i.id, i.batch_id, i.project_id, i.attempts, i.status AS to_status, -i.lease_id AS left_lease
 	)` + leasesLeftSQL + `, moved AS (
 		SELECT batch_id, to_status FROM updated
@@ -394,18 +397,24 @@ func (s *Store) ItemResultsWriteMany(ctx context.Context, results []batchsender.
 		}
 	}
 	now := s.stamp()
+	// Results normally name their batch; only when one does not are the
+	// batches looked up through the items (an item never changes batch).
+	if !allNamed {
+		rows, err := s.pool.Query(ctx, `SELECT DISTINCT batch_id FROM items WHERE id = ANY($1)`, slices.Collect(maps.Keys(seen)))
+		if err != nil {
+			return 0, fmt.Errorf("writing item results: %w", err)
+		}
+		if batchIDs, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return 0, fmt.Errorf("writing item results: %w", err)
+		}
+	}
 	// One pipeline, run by PostgreSQL as one implicit transaction: one
 	// round trip per call. It locks the batches in ID order first (see the
-	// package doc); results normally name their batch, and only when one
-	// does not are the batches looked up through the items.
+	// package doc).
 	b := &pgx.Batch{}
-	if allNamed {
-		b.Queue(lockBatchesSQL, batchIDs)
-	} else {
-		b.Queue(lockBatchesOfSQL, slices.Collect(maps.Keys(seen)))
-	}
+	b.Queue(lockBatchesSQL, batchIDs)
 	for _, round := range rounds {
-		b.Queue(resultsSQL, resultArgs(round, now)...)
+		b.Queue(resultsSQL, append(resultArgs(round, now), batchIDs)...)
 	}
 	br := s.pool.SendBatch(ctx, b)
 	defer br.Close()
