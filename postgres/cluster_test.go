@@ -245,7 +245,8 @@ func TestConcurrentWritersKeepCountsExact(t *testing.T) {
 	f := setup(t, stores[0])
 	ctx := context.Background()
 	batches := []batchsender.Batch{
-		f.batch(t, batchsender.BatchRunning, 800, batchsender.BatchOptions{MaxAttempts: 3}),
+		// Big enough to be still running when it is cancelled.
+		f.batch(t, batchsender.BatchRunning, 5000, batchsender.BatchOptions{MaxAttempts: 3}),
 		f.batch(t, batchsender.BatchRunning, 800, batchsender.BatchOptions{MaxAttempts: 3}),
 	}
 	errc := make(chan error, 16)
@@ -310,7 +311,11 @@ func TestConcurrentWritersKeepCountsExact(t *testing.T) {
 			time.Sleep(2 * time.Millisecond)
 		}
 	})
-	time.Sleep(300 * time.Millisecond)
+	// Cancel the first batch once all operations are under way on it.
+	waitFor(t, "results in the first batch", 30*time.Second, func() bool {
+		c := f.get(t, batches[0].ID).Counts
+		return c.Succeeded > 50 && c.Failed > 0 && c.Unknown > 0
+	})
 	if _, err := stores[1].BatchTransition(ctx, batchsender.BatchTransitionParams{ProjectID: f.project.ID, BatchID: batches[0].ID, Action: batchsender.ActionCancel, Now: time.Now()}); err != nil {
 		t.Errorf("cancel: %v", err)
 	}

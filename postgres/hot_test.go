@@ -16,7 +16,7 @@ import (
 // An index referring to any of them, as a key or in its predicate, makes
 // those updates insert into every index of items (see migration 0005).
 var hotColumns = []string{"status", "attempts", "next_attempt_at", "last_error", "provider_message_id",
-	"lease_owner", "lease_expires_at", "lease_id", "units", "updated_at"}
+	"lease_owner", "lease_expires_at", "lease_id", "units", "attempt_log", "updated_at"}
 
 func TestItemsIndexesLeaveClaimAndResultColumnsAlone(t *testing.T) {
 	t.Parallel()
@@ -340,6 +340,67 @@ func TestOlderNodesItemWritesAreRefused(t *testing.T) {
 		_, err := f.s.pool.Exec(ctx, w.sql, w.id)
 		if code := pgCode(err); code != "23514" {
 			t.Errorf("an older node's %s: error %v (code %q), want a check violation", w.what, err, code)
+		}
+	}
+}
+
+// TestAttemptsListTableThenLog gives an item an attempt in the attempts
+// table, as a node from before migration 0006 (or migrate-store) writes
+// it, then two more through results, which go to the item's attempt_log,
+// and expects ItemAttemptList to give all three, oldest first.
+func TestAttemptsListTableThenLog(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := setup(t, newStore(t))
+	b := f.batch(t, batchsender.BatchRunning, 1, batchsender.BatchOptions{MaxAttempts: 5})
+	t0 := time.Now().UTC().Truncate(time.Millisecond)
+	claim := func(now time.Time) batchsender.Item {
+		t.Helper()
+		got, err := f.s.ChunkClaim(ctx, batchsender.ChunkClaimParams{BatchID: b.ID, Owner: "w", Now: now, LeaseUntil: now.Add(time.Minute), Limit: 1})
+		if err != nil || len(got) != 1 {
+			t.Fatalf("ChunkClaim = %v, %v", got, err)
+		}
+		return got[0]
+	}
+	it := claim(t0)
+	// The older node's result: the item back to pending for a retry, its
+	// attempt in the attempts table.
+	if _, err := f.s.pool.Exec(ctx, `WITH u AS (
+			UPDATE items SET status = 'pending', retry_at = $2, next_attempt_at = $2, lease_owner = NULL, lease_expires_at = NULL,
+				lease_id = -lease_id WHERE id = $1 RETURNING -lease_id AS l
+		), d AS (DELETE FROM leases WHERE id IN (SELECT l FROM u))
+		INSERT INTO attempts (item_id, batch_id, project_id, number, started_at, latency_ns, outcome, status_code, response, error)
+		VALUES ($1, $3, $4, 1, $2, 1000, 'retry', 503, 'busy', 'receiver answered 503')`, it.ID, t0, b.ID, f.project.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.s.pool.Exec(ctx, `UPDATE batches SET count_pending = 1, count_in_flight = 0 WHERE id = $1`, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	for i, st := range []batchsender.ItemStatus{batchsender.ItemPending, batchsender.ItemSucceeded} {
+		now := t0.Add(time.Duration(i+1) * time.Second)
+		it := claim(now)
+		r := batchsender.ItemResult{ItemID: it.ID, BatchID: b.ID, Owner: "w", Status: st, NextAttemptAt: now,
+			Attempt: batchsender.Attempt{ItemID: it.ID, Number: it.Attempts, StartedAt: now, Latency: time.Duration(i+2) * time.Microsecond,
+				Outcome: fmt.Sprint("outcome", i), StatusCode: 200 + i, Response: fmt.Sprint("response", i), Error: fmt.Sprint("error", i)}}
+		if n, err := f.s.ItemResultsWriteMany(ctx, []batchsender.ItemResult{r}); err != nil || n != 1 {
+			t.Fatalf("ItemResultsWriteMany = %d, %v", n, err)
+		}
+	}
+	got, err := f.s.ItemAttemptList(ctx, f.project.ID, it.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []batchsender.Attempt{
+		{ItemID: it.ID, Number: 1, StartedAt: t0, Latency: time.Microsecond, Outcome: "retry", StatusCode: 503, Response: "busy", Error: "receiver answered 503"},
+		{ItemID: it.ID, Number: 2, StartedAt: t0.Add(time.Second), Latency: 2 * time.Microsecond, Outcome: "outcome0", StatusCode: 200, Response: "response0", Error: "error0"},
+		{ItemID: it.ID, Number: 3, StartedAt: t0.Add(2 * time.Second), Latency: 3 * time.Microsecond, Outcome: "outcome1", StatusCode: 201, Response: "response1", Error: "error1"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("attempts %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("attempt %d: %+v, want %+v", i, got[i], want[i])
 		}
 	}
 }

@@ -82,17 +82,24 @@ func (s *Store) ItemAttemptList(ctx context.Context, projectID, itemID string) (
 	if err := s.pool.QueryRow(ctx, `SELECT 1 FROM items WHERE id = $1 AND project_id = $2`, itemID, projectID).Scan(&one); err != nil {
 		return nil, notFound(err, "item", "listing attempts")
 	}
-	rows, err := s.pool.Query(ctx, `SELECT item_id, number, started_at, latency_ns, outcome, status_code, response, error
-		FROM attempts WHERE item_id = $1 ORDER BY id`, itemID)
+	// The attempts table first, then the item's own log (migration 0006).
+	rows, err := s.pool.Query(ctx, `SELECT number, started_at, latency_ns, outcome, status_code, response, error FROM (
+			SELECT 0 AS part, id AS ord, number, started_at, latency_ns, outcome, status_code, response, error
+			FROM attempts WHERE item_id = $1
+			UNION ALL
+			SELECT 1, a.ord, a.number, a.started_at, a.latency_ns, a.outcome, a.status_code, a.response, a.error
+			FROM items i, unnest(i.attempt_log) WITH ORDINALITY AS a(number, started_at, latency_ns, outcome, status_code, response, error, ord)
+			WHERE i.id = $1
+		) x ORDER BY part, ord`, itemID)
 	if err != nil {
 		return nil, fmt.Errorf("listing attempts: %w", err)
 	}
 	defer rows.Close()
 	out := []batchsender.Attempt{}
 	for rows.Next() {
-		var a batchsender.Attempt
+		a := batchsender.Attempt{ItemID: itemID}
 		var latency int64
-		if err := rows.Scan(&a.ItemID, &a.Number, &a.StartedAt, &latency, &a.Outcome, &a.StatusCode, &a.Response, &a.Error); err != nil {
+		if err := rows.Scan(&a.Number, &a.StartedAt, &latency, &a.Outcome, &a.StatusCode, &a.Response, &a.Error); err != nil {
 			return nil, fmt.Errorf("listing attempts: %w", err)
 		}
 		a.Latency = time.Duration(latency)
@@ -328,8 +335,9 @@ const applyCountsSQL = `, deltas AS (
 
 // resultsSQL writes a set of results, each item at most once, in one
 // statement: the results travel as arrays and are unnested, applied to the
-// items still in flight under their owner, recorded as attempts (numbered by
-// the item's own attempt count, raised at claim), and summed into one
+// items still in flight under their owner, each attempt appended to its
+// item's attempt_log (numbered by the item's own attempt count, raised at
+// claim; see migration 0006), and summed into one
 // counts update per batch. A retry result for an item of a cancelled batch
 // cancels the item, since nothing would claim it again; the cancelled ones
 // among the batches $15 are looked up once, not joined to every item.
@@ -351,19 +359,17 @@ var resultsSQL = `WITH r AS (
 			last_error = r.error,
 			provider_message_id = CASE WHEN r.msg_id <> '' THEN r.msg_id ELSE i.provider_message_id END,
 			units = i.units + r.units,
+			attempt_log = array_append(i.attempt_log,
+				ROW(i.attempts, r.started_at, r.latency, r.outcome, r.code, r.response, r.att_error)::attempt_entry),
 			lease_owner = NULL, lease_expires_at = NULL, lease_id = -i.lease_id, updated_at = $14
 		FROM r
 		-- "In flight under the owner" is said as lease_owner = owner alone
 		-- (the items_lease_iff_in_flight constraint makes them the same), so
 		-- the planner fetches each result's item by primary key.
 		WHERE i.id = ANY($1::text[]) AND i.id = r.item_id AND i.lease_owner = r.owner
-		RETURNING i.id, i.batch_id, i.project_id, i.attempts, i.status AS to_status, -i.lease_id AS left_lease
+		RETURNING i.batch_id, i.status AS to_status, -i.lease_id AS left_lease
 	)` + leasesLeftSQL + `, moved AS (
 		SELECT batch_id, to_status FROM updated
-	), logged AS (
-		INSERT INTO attempts (item_id, batch_id, project_id, number, started_at, latency_ns, outcome, status_code, response, error)
-		SELECT u.id, u.batch_id, u.project_id, u.attempts, r.started_at, r.latency, r.outcome, r.code, r.response, r.att_error
-		FROM updated u JOIN r ON r.item_id = u.id
 	)` + nowParam(applyCountsSQL, "$14")
 
 // ItemResultsWriteMany writes many attempt outcomes in one transaction.
