@@ -66,6 +66,7 @@ type config struct {
 	workDir      string
 	stores       string
 	skipBare     bool
+	timeline     bool
 	skipRiver    bool
 }
 
@@ -80,6 +81,7 @@ func main() {
 	flag.StringVar(&cfg.workDir, "workdir", "", "directory for data and logs (default: a temporary one, removed)")
 	flag.StringVar(&cfg.stores, "stores", "postgres,sqlite", "which rounds to run")
 	flag.BoolVar(&cfg.skipBare, "skip-bare", false, "skip the bare loop")
+	flag.BoolVar(&cfg.timeline, "timeline", false, "print the receiver's requests per 100 ms of each delivery (shows ramp-up and tail)")
 	flag.BoolVar(&cfg.skipRiver, "skip-river", false, "skip River (for looking at BatchSender alone)")
 	flag.Parse()
 	if cfg.riverWorkers == 0 {
@@ -146,6 +148,24 @@ func run(ctx context.Context, cfg config) error {
 	for _, store := range strings.Split(cfg.stores, ",") {
 		var bs, rv result
 		var err error
+		// The bare loop, the ceiling, runs before and after the contestants
+		// and counts as the mean of both, so that a drift in the machine's
+		// speed during the run moves the ceiling with it.
+		var bare []float64
+		runBare := func() error {
+			if store != "postgres" || cfg.skipBare {
+				return nil
+			}
+			rate, err := r.bare(ctx)
+			if err != nil {
+				return fmt.Errorf("bare loop: %w", err)
+			}
+			bare = append(bare, rate)
+			return nil
+		}
+		if err := runBare(); err != nil {
+			return err
+		}
 		switch store {
 		case "postgres":
 			if bs, err = r.batchsenderPG(ctx); err != nil {
@@ -170,6 +190,9 @@ func run(ctx context.Context, cfg config) error {
 		default:
 			return fmt.Errorf("unknown store %q: use postgres and/or sqlite", store)
 		}
+		if err := runBare(); err != nil {
+			return err
+		}
 		fmt.Printf("%s:\n", store)
 		fmt.Printf("  batchsender: deliver %8.0f items/s (%v); enqueue %v; end to end %8.0f items/s\n", bs.deliverRate(), bs.deliver.Round(time.Millisecond), bs.enqueue.Round(time.Millisecond), bs.totalRate())
 		bsCPU := fmt.Sprintf("batchsender %s (server %s, receiver %s, postgres %s)",
@@ -183,20 +206,11 @@ func run(ctx context.Context, cfg config) error {
 				bsCPU, perItem(rv.cpu.total(), rv.n), perItem(rv.cpu.self, rv.n), perItem(rv.cpu.postgres, rv.n),
 				float64(rv.cpu.total())/float64(max(bs.cpu.total(), 1)))
 		}
-		if store == "postgres" && !cfg.skipBare {
-			recv.Reset()
-			logf("bare loop")
-			d, err := benchmarks.BareLoop(ctx, recv.URL+"/hook", raw, cfg.n, cfg.concurrency, cfg.pad)
-			if err != nil {
-				return fmt.Errorf("bare loop: %w", err)
-			}
-			if err := r.check(cfg.n, false); err != nil {
-				return fmt.Errorf("bare loop: %w", err)
-			}
-			bare := float64(cfg.n) / d.Seconds()
-			fmt.Printf("  bare net/http loop: %8.0f requests/s (%v); batchsender/bare %.2f×", bare, d.Round(time.Millisecond), bs.deliverRate()/bare)
+		if len(bare) == 2 {
+			mean := (bare[0] + bare[1]) / 2
+			fmt.Printf("  bare net/http loop: %8.0f requests/s (%.0f before, %.0f after); batchsender/bare %.2f×", mean, bare[0], bare[1], bs.deliverRate()/mean)
 			if !cfg.skipRiver {
-				fmt.Printf(", river/bare %.2f×", rv.deliverRate()/bare)
+				fmt.Printf(", river/bare %.2f×", rv.deliverRate()/mean)
 			}
 			fmt.Println()
 		}
@@ -219,6 +233,21 @@ func buildBinary(ctx context.Context, dir string) (string, error) {
 		return "", fmt.Errorf("building batchsender: %w\n%s", err, b)
 	}
 	return bin, nil
+}
+
+// bare runs the bare net/http loop against the receiver and returns its
+// requests per second.
+func (r *racer) bare(ctx context.Context) (float64, error) {
+	r.recv.Reset()
+	logf("bare loop")
+	d, err := benchmarks.BareLoop(ctx, r.recv.URL+"/hook", r.key, r.cfg.n, r.cfg.concurrency, r.cfg.pad)
+	if err != nil {
+		return 0, err
+	}
+	if err := r.check(r.cfg.n, false); err != nil {
+		return 0, err
+	}
+	return float64(r.cfg.n) / d.Seconds(), nil
 }
 
 type racer struct {
@@ -323,6 +352,7 @@ func (r *racer) batchsender(ctx context.Context, name, appName string, env []str
 	}
 	defer srv.Stop(30 * time.Second)
 	c := e2e.NewClient(srv.URL(), srv.Key)
+	c.Poll = pollEvery
 	defer c.Close()
 	if _, err := c.CreateConnection(ctx, "hooks", r.secret, nil); err != nil {
 		return result{}, err
@@ -384,6 +414,11 @@ func (r *racer) batchsender(ctx context.Context, name, appName string, env []str
 	}
 	return res, r.check(r.cfg.n, false)
 }
+
+// pollEvery is how often a contestant's completion is checked: often, so
+// that the delivery clock stops within a few milliseconds of the end
+// whoever runs.
+const pollEvery = 20 * time.Millisecond
 
 // ---- River -------------------------------------------------------------------
 
@@ -484,12 +519,11 @@ func (r *racer) riverPG(ctx context.Context) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	completed := func(ctx context.Context) (int, error) {
+	return r.river(ctx, "river-pg", "race_river", client, func(ctx context.Context, q string) (int, error) {
 		var n int
-		err := pool.QueryRow(ctx, `SELECT count(*) FROM river_job WHERE state = 'completed'`).Scan(&n)
+		err := pool.QueryRow(ctx, q).Scan(&n)
 		return n, err
-	}
-	return r.river(ctx, "river-pg", "race_river", client, completed)
+	})
 }
 
 func (r *racer) riverSQLite(ctx context.Context) (result, error) {
@@ -526,21 +560,21 @@ func (r *racer) riverSQLite(ctx context.Context) (result, error) {
 		return result{}, err
 	}
 	defer reader.Close()
-	completed := func(ctx context.Context) (int, error) {
+	return r.river(ctx, "river-sqlite", "", client, func(ctx context.Context, q string) (int, error) {
 		var n int
-		err := reader.QueryRowContext(ctx, `SELECT count(*) FROM river_job WHERE state = 'completed'`).Scan(&n)
+		err := reader.QueryRowContext(ctx, q).Scan(&n)
 		return n, err
-	}
-	return r.river(ctx, "river-sqlite", "", client, completed)
+	})
 }
 
 // river enqueues N jobs with the client's workers stopped, then starts them
-// and waits until the database holds N completed jobs.
+// and waits until the database holds N completed jobs. count runs a query
+// that returns one number.
 func (r *racer) river(ctx context.Context, name, appName string, client interface {
 	InsertManyFast(context.Context, []river.InsertManyParams) (int, error)
 	Start(context.Context) error
 	Stop(context.Context) error
-}, completed func(context.Context) (int, error)) (result, error) {
+}, count func(ctx context.Context, query string) (int, error)) (result, error) {
 	jobs := r.jobs()
 	logf("%s: enqueueing %d", name, r.cfg.n)
 	start := time.Now()
@@ -562,17 +596,26 @@ func (r *racer) river(ctx context.Context, name, appName string, client interfac
 		defer cancel()
 		_ = client.Stop(sctx)
 	}()
+	// The frequent check asks whether any job is left unfinished, which
+	// River's state index answers at once, rather than counting the
+	// completed ones, which reads them all; the count comes at the end.
+	const (
+		unfinished = `SELECT count(*) FROM (SELECT 1 FROM river_job
+			WHERE state IN ('available', 'pending', 'retryable', 'running', 'scheduled') LIMIT 1) x`
+		completed = `SELECT count(*) FROM river_job WHERE state = 'completed'`
+	)
 	last := time.Now()
 	for {
-		n, err := completed(ctx)
+		left, err := count(ctx, unfinished)
 		if err != nil {
 			return res, err
 		}
-		if n >= r.cfg.n {
+		if left == 0 {
 			break
 		}
 		if time.Since(last) > 5*time.Second {
 			last = time.Now()
+			n, _ := count(ctx, completed)
 			logf("  ... %d/%d completed", n, r.cfg.n)
 		}
 		if time.Since(start) > 30*time.Minute {
@@ -581,11 +624,14 @@ func (r *racer) river(ctx context.Context, name, appName string, client interfac
 		select {
 		case <-ctx.Done():
 			return res, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(pollEvery):
 		}
 	}
 	res.deliver = time.Since(start)
 	res.cpu = meter.stop(ctx)
+	if n, err := count(ctx, completed); err != nil || n != r.cfg.n {
+		return res, fmt.Errorf("%d of %d jobs completed (%v)", n, r.cfg.n, err)
+	}
 	return res, r.check(r.cfg.n, false)
 }
 
@@ -612,6 +658,8 @@ type meter struct {
 	server0   time.Duration
 	self0     time.Duration
 	pg0       map[int]time.Duration
+	ticks     chan []int64 // with -timeline: the receiver's request count every 100 ms
+	quit      chan struct{}
 }
 
 func (r *racer) startMeter(ctx context.Context, serverPID int, appName string) *meter {
@@ -620,12 +668,38 @@ func (r *racer) startMeter(ctx context.Context, serverPID int, appName string) *
 		m.server0, _ = benchmarks.ProcessCPU(serverPID)
 	}
 	m.pg0 = r.backendCPU(ctx, appName)
+	if r.cfg.timeline {
+		m.ticks, m.quit = make(chan []int64, 1), make(chan struct{})
+		go func() {
+			counts := []int64{r.recv.Requests()}
+			t := time.NewTicker(100 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-m.quit:
+					m.ticks <- append(counts, r.recv.Requests())
+					return
+				case <-t.C:
+					counts = append(counts, r.recv.Requests())
+				}
+			}
+		}()
+	}
 	return m
 }
 
 func (m *meter) stop(ctx context.Context) cpuUse {
 	var u cpuUse
 	u.self = benchmarks.SelfCPU() - m.self0
+	if m.quit != nil {
+		close(m.quit)
+		counts := <-m.ticks
+		var b strings.Builder
+		for i := 1; i < len(counts); i++ {
+			fmt.Fprintf(&b, " %d", counts[i]-counts[i-1])
+		}
+		fmt.Printf("  %s: requests per 100 ms:%s\n", m.appName, b.String())
+	}
 	if m.serverPID > 0 {
 		if c, err := benchmarks.ProcessCPU(m.serverPID); err == nil {
 			u.server = c - m.server0
