@@ -648,6 +648,7 @@ func (r *runner) enqueue(items []batchsender.Item, now, leaseUntil time.Time) {
 		lc.cancel()
 		return
 	}
+	r.queue = slices.Grow(r.queue, len(items))
 	for _, it := range items {
 		r.queue = append(r.queue, queued{it: it, until: leaseUntil, lc: lc})
 	}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/batchsender/batchsender"
+	"github.com/batchsender/batchsender/benchmarks"
+	"github.com/jackc/pgx/v5"
 )
 
 // BenchmarkIngestCopy measures BatchCreate streaming items through COPY.
@@ -35,10 +37,11 @@ func BenchmarkClaimWrite(b *testing.B) {
 			f := setup(b, newStore(b))
 			ctx := context.Background()
 			var total int
-			var elapsed time.Duration
+			var elapsed, pgCPU time.Duration
 			for b.Loop() {
 				b.StopTimer()
 				batch := f.batch(b, batchsender.BatchRunning, items, batchsender.BatchOptions{})
+				cpu0 := backendsCPU(b, f.s)
 				b.StartTimer()
 				start := time.Now()
 				var wg sync.WaitGroup
@@ -70,12 +73,40 @@ func BenchmarkClaimWrite(b *testing.B) {
 				}
 				wg.Wait()
 				elapsed += time.Since(start)
+				b.StopTimer()
+				for pid, c := range backendsCPU(b, f.s) {
+					pgCPU += c - cpu0[pid]
+				}
+				b.StartTimer()
 				total += items
 				if got := f.get(b, batch.ID); got.Status != batchsender.BatchCompleted || got.Counts.Succeeded != items {
 					b.Fatalf("batch ended %s with %+v", got.Status, got.Counts)
 				}
 			}
 			b.ReportMetric(float64(total)/elapsed.Seconds(), "items/s")
+			b.ReportMetric(float64(pgCPU.Microseconds())/float64(total), "pg-µs/item")
 		})
 	}
+}
+
+// backendsCPU returns the CPU time so far of each PostgreSQL backend of the
+// store's pool (PostgreSQL runs on this machine in tests).
+func backendsCPU(b *testing.B, s *Store) map[int]time.Duration {
+	b.Helper()
+	rows, err := s.pool.Query(context.Background(), `SELECT pid FROM pg_stat_activity WHERE datname = current_database()
+		AND backend_type = 'client backend' AND application_name = (SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid())`)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := make(map[int]time.Duration, len(pids))
+	for _, pid := range pids {
+		if c, err := benchmarks.ProcessCPU(int(pid)); err == nil {
+			out[int(pid)] = c
+		}
+	}
+	return out
 }

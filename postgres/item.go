@@ -160,17 +160,16 @@ const claimedColumns = `id, project_id, seq, data, attempts, next_attempt_at, la
 func collectClaimed(rows pgx.Rows, p batchsender.ChunkClaimParams) ([]batchsender.Item, error) {
 	defer rows.Close()
 	until, now := ms(p.LeaseUntil), ms(p.Now)
-	out := []batchsender.Item{}
+	out := make([]batchsender.Item, 0, min(p.Limit, 1024)) // usually all claimed
 	for rows.Next() {
 		until := until // each item its own, callers may change them
 		it := batchsender.Item{BatchID: p.BatchID, Status: batchsender.ItemInFlight, LeaseOwner: p.Owner,
 			LeaseExpiresAt: &until, UpdatedAt: now}
-		var data string
-		if err := rows.Scan(&it.ID, &it.ProjectID, &it.Seq, &data, &it.Attempts, &it.NextAttemptAt,
+		// data straight into the []byte: pgx copies it once.
+		if err := rows.Scan(&it.ID, &it.ProjectID, &it.Seq, &it.Data, &it.Attempts, &it.NextAttemptAt,
 			&it.LastError, &it.ProviderMessageID); err != nil {
 			return nil, err
 		}
-		it.Data = []byte(data)
 		it.NextAttemptAt = utc(it.NextAttemptAt)
 		out = append(out, it)
 	}
@@ -381,25 +380,33 @@ func (s *Store) ItemResultsWriteMany(ctx context.Context, results []batchsender.
 	if len(results) == 0 {
 		return 0, nil
 	}
-	var rounds [][]batchsender.ItemResult
 	seen := make(map[string]int, len(results))
 	batchIDs := make([]string, 0, 4)
-	seenBatch := map[string]bool{}
-	allNamed := true
+	allNamed, repeated := true, false
 	for _, r := range results {
 		if r.Status != batchsender.ItemPending && !r.Status.Terminal() {
 			return 0, batchsender.Errorf(batchsender.EINVALID, "item result status %q is not pending or terminal", r.Status)
 		}
 		k := seen[r.ItemID]
 		seen[r.ItemID] = k + 1
-		if k == len(rounds) {
-			rounds = append(rounds, make([]batchsender.ItemResult, 0, len(results)))
-		}
-		rounds[k] = append(rounds[k], r)
+		repeated = repeated || k > 0
 		allNamed = allNamed && r.BatchID != ""
-		if r.BatchID != "" && !seenBatch[r.BatchID] {
-			seenBatch[r.BatchID] = true
+		if r.BatchID != "" && !slices.Contains(batchIDs, r.BatchID) {
 			batchIDs = append(batchIDs, r.BatchID)
+		}
+	}
+	// Each item at most once per round (nearly always a single round).
+	rounds := [][]batchsender.ItemResult{results}
+	if repeated {
+		rounds = rounds[:0]
+		nth := make(map[string]int, len(results))
+		for _, r := range results {
+			k := nth[r.ItemID]
+			nth[r.ItemID] = k + 1
+			if k == len(rounds) {
+				rounds = append(rounds, make([]batchsender.ItemResult, 0, len(results)))
+			}
+			rounds[k] = append(rounds[k], r)
 		}
 	}
 	now := s.stamp()

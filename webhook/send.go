@@ -192,10 +192,31 @@ func (s *sender) sendOne(ctx context.Context, item sdk.Item) sdk.Result {
 }
 
 // do sends one signed request and classifies the answer.
+// body is a request body: one allocation where io.NopCloser(bytes.NewReader)
+// takes two.
+type body struct {
+	bytes.Reader
+	data []byte
+}
+
+func newBody(data []byte) *body {
+	b := &body{data: data}
+	b.Reset(data)
+	return b
+}
+
+func (*body) Close() error { return nil }
+
+// again is the request's GetBody: the transport calls it to send the body
+// once more on a new connection when a reused one was found closed.
+func (b *body) again() (io.ReadCloser, error) { return newBody(b.data), nil }
+
 func (p *Provider) do(ctx context.Context, item sdk.Item, r request) sdk.Result {
 	// Deadlines are real time, not the injected clock.
 	reqCtx := p.deadlines.ctx(ctx, time.Now(), time.Duration(p.cfg.Timeout))
-	req := &http.Request{
+	// A value, not a pointer: WithContext copies it, so only the copy is
+	// allocated.
+	base := http.Request{
 		Method:     r.method,
 		URL:        r.url,
 		Proto:      "HTTP/1.1",
@@ -204,7 +225,7 @@ func (p *Provider) do(ctx context.Context, item sdk.Item, r request) sdk.Result 
 		Header:     make(http.Header, len(r.headers)+5),
 		Host:       r.url.Host,
 	}
-	req = req.WithContext(reqCtx)
+	req := base.WithContext(reqCtx)
 	// All header values share one backing array: one allocation instead
 	// of one per header. Each value is a full slice of length 1 and
 	// capacity 1, so an append by anyone reallocates rather than
@@ -216,9 +237,10 @@ func (p *Provider) do(ctx context.Context, item sdk.Item, r request) sdk.Result 
 		req.Header[k] = vals[n-1 : n : n]
 	}
 	if len(r.body) > 0 {
-		req.Body = io.NopCloser(bytes.NewReader(r.body))
+		b := newBody(r.body)
+		req.Body = b
 		req.ContentLength = int64(len(r.body))
-		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(r.body)), nil }
+		req.GetBody = b.again
 		set("Content-Type", "application/json")
 	}
 	set("User-Agent", p.cfg.UserAgent)
