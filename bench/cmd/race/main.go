@@ -39,6 +39,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -66,6 +67,7 @@ type config struct {
 	workDir      string
 	stores       string
 	skipBare     bool
+	rounds       int
 	timeline     bool
 	skipRiver    bool
 }
@@ -76,6 +78,7 @@ func main() {
 	flag.IntVar(&cfg.concurrency, "concurrency", 128, "BatchSender batch concurrency and bare-loop workers")
 	flag.IntVar(&cfg.riverWorkers, "river-workers", 0, "River MaxWorkers (default: -concurrency)")
 	flag.IntVar(&cfg.pad, "pad", 100, "bytes of padding in each payload")
+	flag.IntVar(&cfg.rounds, "rounds", 3, "rounds per store: the contestants take turns, and the figures are the medians")
 	flag.StringVar(&cfg.pgURL, "pg", envOr("BATCHSENDER_TEST_DATABASE_URL", "postgres://root@127.0.0.1:5432/test?sslmode=disable"), "PostgreSQL URL (each contestant gets a fresh schema, dropped afterwards)")
 	flag.StringVar(&cfg.bin, "bin", "", "batchsender binary (default: build ../cmd/batchsender)")
 	flag.StringVar(&cfg.workDir, "workdir", "", "directory for data and logs (default: a temporary one, removed)")
@@ -86,6 +89,10 @@ func main() {
 	flag.Parse()
 	if cfg.riverWorkers == 0 {
 		cfg.riverWorkers = cfg.concurrency
+	}
+	if cfg.rounds < 1 || cfg.n < 1 {
+		fmt.Fprintln(os.Stderr, "race: -rounds and -n must be at least 1")
+		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, cfg)
@@ -146,16 +153,18 @@ func run(ctx context.Context, cfg config) error {
 	fmt.Printf("race: %d signed webhooks per contestant, BatchSender concurrency %d, River MaxWorkers %d, %d-byte bodies, GOMAXPROCS %d\n",
 		cfg.n, cfg.concurrency, cfg.riverWorkers, len(payload(nil, cfg.n/2, cfg.pad)), runtime.GOMAXPROCS(0))
 	for _, store := range strings.Split(cfg.stores, ",") {
-		var bs, rv result
-		var err error
-		// The bare loop, the ceiling, runs before and after the contestants
-		// and counts as the mean of both, so that a drift in the machine's
-		// speed during the run moves the ceiling with it.
+		if store != "postgres" && store != "sqlite" {
+			return fmt.Errorf("unknown store %q: use postgres and/or sqlite", store)
+		}
+		// The contestants take turns, round after round, and the figures
+		// are the medians over the rounds, so that a slow moment of the
+		// machine does not decide a ratio. On PostgreSQL the bare loop, the
+		// ceiling, runs before the first round and after every round; a
+		// round's ceiling is the mean of the loops before and after it, so
+		// that it drifts with the machine's speed.
+		bareOn := store == "postgres" && !cfg.skipBare
 		var bare []float64
 		runBare := func() error {
-			if store != "postgres" || cfg.skipBare {
-				return nil
-			}
 			rate, err := r.bare(ctx)
 			if err != nil {
 				return fmt.Errorf("bare loop: %w", err)
@@ -163,59 +172,114 @@ func run(ctx context.Context, cfg config) error {
 			bare = append(bare, rate)
 			return nil
 		}
-		if err := runBare(); err != nil {
-			return err
-		}
-		switch store {
-		case "postgres":
-			if bs, err = r.batchsenderPG(ctx); err != nil {
-				return fmt.Errorf("batchsender on postgres: %w", err)
+		if bareOn {
+			if err := runBare(); err != nil {
+				return err
 			}
-			if !cfg.skipRiver {
-				rv, err = r.riverPG(ctx)
+		}
+		var rounds []round
+		for i := range cfg.rounds {
+			var rd round
+			var err error
+			if store == "postgres" {
+				rd.bs, err = r.batchsenderPG(ctx)
+			} else {
+				rd.bs, err = r.batchsenderSQLite(ctx)
 			}
 			if err != nil {
-				return fmt.Errorf("river on postgres: %w", err)
-			}
-		case "sqlite":
-			if bs, err = r.batchsenderSQLite(ctx); err != nil {
-				return fmt.Errorf("batchsender on sqlite: %w", err)
+				return fmt.Errorf("batchsender on %s: %w", store, err)
 			}
 			if !cfg.skipRiver {
-				rv, err = r.riverSQLite(ctx)
+				if store == "postgres" {
+					rd.rv, err = r.riverPG(ctx)
+				} else {
+					rd.rv, err = r.riverSQLite(ctx)
+				}
+				if err != nil {
+					return fmt.Errorf("river on %s: %w", store, err)
+				}
 			}
-			if err != nil {
-				return fmt.Errorf("river on sqlite: %w", err)
+			if bareOn {
+				if err := runBare(); err != nil {
+					return err
+				}
+				rd.bare = (bare[i] + bare[i+1]) / 2
 			}
-		default:
-			return fmt.Errorf("unknown store %q: use postgres and/or sqlite", store)
+			rounds = append(rounds, rd)
+			fmt.Printf("%s round %d: %s\n", store, i+1, rd)
 		}
-		if err := runBare(); err != nil {
-			return err
-		}
-		fmt.Printf("%s:\n", store)
-		fmt.Printf("  batchsender: deliver %8.0f items/s (%v); enqueue %v; end to end %8.0f items/s\n", bs.deliverRate(), bs.deliver.Round(time.Millisecond), bs.enqueue.Round(time.Millisecond), bs.totalRate())
-		bsCPU := fmt.Sprintf("batchsender %s (server %s, receiver %s, postgres %s)",
-			perItem(bs.cpu.total(), bs.n), perItem(bs.cpu.server, bs.n), perItem(bs.cpu.self, bs.n), perItem(bs.cpu.postgres, bs.n))
-		if cfg.skipRiver {
-			fmt.Printf("  CPU per item delivered: %s\n", bsCPU)
-		} else {
-			fmt.Printf("  river:       deliver %8.0f items/s (%v); enqueue %v; end to end %8.0f items/s\n", rv.deliverRate(), rv.deliver.Round(time.Millisecond), rv.enqueue.Round(time.Millisecond), rv.totalRate())
-			fmt.Printf("  batchsender/river: %.2f× delivering, %.2f× end to end\n", bs.deliverRate()/rv.deliverRate(), bs.totalRate()/rv.totalRate())
-			fmt.Printf("  CPU per item delivered: %s; river %s (river+receiver %s, postgres %s); river/batchsender %.2f×\n",
-				bsCPU, perItem(rv.cpu.total(), rv.n), perItem(rv.cpu.self, rv.n), perItem(rv.cpu.postgres, rv.n),
-				float64(rv.cpu.total())/float64(max(bs.cpu.total(), 1)))
-		}
-		if len(bare) == 2 {
-			mean := (bare[0] + bare[1]) / 2
-			fmt.Printf("  bare net/http loop: %8.0f requests/s (%.0f before, %.0f after); batchsender/bare %.2f×", mean, bare[0], bare[1], bs.deliverRate()/mean)
-			if !cfg.skipRiver {
-				fmt.Printf(", river/bare %.2f×", rv.deliverRate()/mean)
-			}
-			fmt.Println()
-		}
+		r.report(store, rounds)
 	}
 	return nil
+}
+
+// round is one turn of each contestant (and the ceiling around them).
+type round struct {
+	bs, rv result
+	bare   float64 // mean of the bare loops before and after; 0 if none
+}
+
+func (rd round) String() string {
+	out := fmt.Sprintf("batchsender %.0f/s", rd.bs.deliverRate())
+	if rd.rv.n > 0 {
+		out += fmt.Sprintf(", river %.0f/s (%.2f×)", rd.rv.deliverRate(), rd.bs.deliverRate()/rd.rv.deliverRate())
+	}
+	if rd.bare > 0 {
+		out += fmt.Sprintf(", bare loop %.0f/s (batchsender %.2f×)", rd.bare, rd.bs.deliverRate()/rd.bare)
+	}
+	return out
+}
+
+// median returns the median of f over the rounds.
+func median(rounds []round, f func(round) float64) float64 {
+	v := make([]float64, len(rounds))
+	for i, rd := range rounds {
+		v[i] = f(rd)
+	}
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// report prints a store's figures: medians over its rounds.
+func (r *racer) report(store string, rounds []round) {
+	med := func(f func(round) float64) float64 { return median(rounds, f) }
+	cpuPerItem := func(f func(round) time.Duration) time.Duration {
+		return time.Duration(med(func(rd round) float64 { return float64(f(rd)) / float64(r.cfg.n) })).Round(time.Microsecond)
+	}
+	fmt.Printf("%s (median of %d rounds):\n", store, len(rounds))
+	fmt.Printf("  batchsender: deliver %8.0f items/s; enqueue %v; end to end %8.0f items/s\n",
+		med(func(rd round) float64 { return rd.bs.deliverRate() }),
+		time.Duration(med(func(rd round) float64 { return float64(rd.bs.enqueue) })).Round(time.Millisecond),
+		med(func(rd round) float64 { return rd.bs.totalRate() }))
+	bsCPU := fmt.Sprintf("batchsender %s (server %s, receiver %s, postgres %s)",
+		cpuPerItem(func(rd round) time.Duration { return rd.bs.cpu.total() }), cpuPerItem(func(rd round) time.Duration { return rd.bs.cpu.server }),
+		cpuPerItem(func(rd round) time.Duration { return rd.bs.cpu.self }), cpuPerItem(func(rd round) time.Duration { return rd.bs.cpu.postgres }))
+	if r.cfg.skipRiver {
+		fmt.Printf("  CPU per item delivered: %s\n", bsCPU)
+	} else {
+		fmt.Printf("  river:       deliver %8.0f items/s; enqueue %v; end to end %8.0f items/s\n",
+			med(func(rd round) float64 { return rd.rv.deliverRate() }),
+			time.Duration(med(func(rd round) float64 { return float64(rd.rv.enqueue) })).Round(time.Millisecond),
+			med(func(rd round) float64 { return rd.rv.totalRate() }))
+		fmt.Printf("  batchsender/river: %.2f× delivering, %.2f× end to end\n",
+			med(func(rd round) float64 { return rd.bs.deliverRate() / rd.rv.deliverRate() }),
+			med(func(rd round) float64 { return rd.bs.totalRate() / rd.rv.totalRate() }))
+		fmt.Printf("  CPU per item delivered: %s; river %s (river+receiver %s, postgres %s); river/batchsender %.2f×\n",
+			bsCPU, cpuPerItem(func(rd round) time.Duration { return rd.rv.cpu.total() }),
+			cpuPerItem(func(rd round) time.Duration { return rd.rv.cpu.self }), cpuPerItem(func(rd round) time.Duration { return rd.rv.cpu.postgres }),
+			med(func(rd round) float64 { return float64(rd.rv.cpu.total()) / float64(max(rd.bs.cpu.total(), 1)) }))
+	}
+	if rounds[0].bare > 0 {
+		fmt.Printf("  bare net/http loop: %8.0f requests/s; batchsender/bare %.2f×",
+			med(func(rd round) float64 { return rd.bare }), med(func(rd round) float64 { return rd.bs.deliverRate() / rd.bare }))
+		if !r.cfg.skipRiver {
+			fmt.Printf(", river/bare %.2f×", med(func(rd round) float64 { return rd.rv.deliverRate() / rd.bare }))
+		}
+		fmt.Println()
+	}
 }
 
 // buildBinary builds BatchSender's cmd/batchsender from the module this
@@ -645,10 +709,6 @@ type cpuUse struct {
 func (c cpuUse) total() time.Duration { return c.server + c.self + c.postgres }
 
 // perItem formats a CPU time per item in microseconds.
-func perItem(d time.Duration, n int) string {
-	return fmt.Sprintf("%.0fµs", float64(d.Microseconds())/float64(n))
-}
-
 // meter measures a cpuUse between startMeter and stop. CPU time depends
 // far less on the other load of a shared machine than rates do.
 type meter struct {
