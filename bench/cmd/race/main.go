@@ -405,10 +405,14 @@ func (r *racer) batchsender(ctx context.Context, name, appName string, env []str
 	if err != nil {
 		return result{}, err
 	}
+	dir, err := os.MkdirTemp(r.cfg.workDir, name+"-") // fresh every round
+	if err != nil {
+		return result{}, err
+	}
 	srv := &e2e.Server{
-		Bin: r.cfg.bin, DataDir: filepath.Join(r.cfg.workDir, name), Addr: addr,
+		Bin: r.cfg.bin, DataDir: filepath.Join(dir, "data"), Addr: addr,
 		Key:     "bsk_race" + hex.EncodeToString(r.key[:12]),
-		LogPath: filepath.Join(r.cfg.workDir, name+".log"),
+		LogPath: filepath.Join(dir, "server.log"),
 		Env:     append([]string{"BATCHSENDER_ALLOW_PRIVATE_NETWORKS=true", "BATCHSENDER_LOG_LEVEL=warn"}, env...),
 	}
 	if err := srv.Start(ctx); err != nil {
@@ -592,7 +596,11 @@ func (r *racer) riverPG(ctx context.Context) (result, error) {
 
 func (r *racer) riverSQLite(ctx context.Context) (result, error) {
 	r.recv.Reset()
-	path := filepath.Join(r.cfg.workDir, "river.db")
+	dir, err := os.MkdirTemp(r.cfg.workDir, "river-sqlite-") // fresh every round
+	if err != nil {
+		return result{}, err
+	}
+	path := filepath.Join(dir, "river.db")
 	// The pragmas BatchSender's SQLite store uses: WAL, synchronous=NORMAL
 	// (durable across a crash of the process), a busy timeout.
 	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)")
