@@ -570,18 +570,16 @@ func (r *runner) maybePrefetch(now time.Time) {
 	if r.claiming != nil || !r.queueOpen || r.lastClaim == 0 || r.rateLimited() || r.e.runCtx.Err() != nil {
 		return
 	}
-	// Claim what the runner starts within the look-ahead horizon (or the
-	// loop's last claim, while the pace is not known yet), as the loop's
-	// own claims do, once the queue is down to half of that: a node never
-	// holds much more than one and a half claims' worth, which leaves the
-	// rest of the batch to the other nodes of a cluster. Whole claims, not
-	// top-ups, since a claim's cost per item falls with its size (on
-	// PostgreSQL about a fifth less per item at 500 than at 250).
+	// Top the queue up to what the runner starts within the look-ahead
+	// horizon (or the loop's last claim, while the pace is not known
+	// yet), as the loop's own claims do: a node never holds much more work
+	// than that, which leaves the rest of the batch to the other nodes of
+	// a cluster.
 	target := min(r.e.cfg.ClaimSize, max(r.lookahead(now), r.lastClaim))
 	if len(r.queue) > target/prefetchBelow {
 		return
 	}
-	limit := target
+	limit := target - len(r.queue)
 	done := make(chan struct{})
 	r.claiming = done
 	r.e.calls.Add(1)
