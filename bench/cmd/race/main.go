@@ -9,9 +9,15 @@
 // workers stopped; BatchSender: an NDJSON upload into a draft batch of the
 // real binary), then delivers: the delivery clock runs from starting the
 // workers (River: Client.Start; BatchSender: POST .../start) until the
-// database says all N are done (River: N rows of river_job in state
-// completed; BatchSender: the batch completed with N succeeded). Both
-// phases are printed; the ratios compare delivery, then end to end.
+// database says all N are done (River: no job left unfinished, checked
+// every 20 ms, then N rows of river_job in state completed; BatchSender:
+// the batch completed with N succeeded, read every 20 ms). Both phases are
+// printed; the ratios compare delivery, then end to end.
+//
+// The machine's speed drifts, so the contestants take turns for -rounds
+// rounds (default 3) and the figures are medians over the rounds. The bare
+// loop runs before the first round and after each; a round's ceiling is
+// the mean of the loops around it.
 //
 //	cd bench && go run ./cmd/race -n 100000
 //
