@@ -260,9 +260,14 @@ func (r *racer) report(store string, rounds []round) {
 		med(func(rd round) float64 { return rd.bs.deliverRate() }),
 		time.Duration(med(func(rd round) float64 { return float64(rd.bs.enqueue) })).Round(time.Millisecond),
 		med(func(rd round) float64 { return rd.bs.totalRate() }))
-	bsCPU := fmt.Sprintf("batchsender %s (server %s, receiver %s, postgres %s)",
+	bsCPU := fmt.Sprintf("batchsender %s (server %s, receiver %s",
 		cpuPerItem(func(rd round) time.Duration { return rd.bs.cpu.total() }), cpuPerItem(func(rd round) time.Duration { return rd.bs.cpu.server }),
-		cpuPerItem(func(rd round) time.Duration { return rd.bs.cpu.self }), cpuPerItem(func(rd round) time.Duration { return rd.bs.cpu.postgres }))
+		cpuPerItem(func(rd round) time.Duration { return rd.bs.cpu.self }))
+	if store == "postgres" {
+		bsCPU += fmt.Sprintf(", postgres %s", cpuPerItem(func(rd round) time.Duration { return rd.bs.cpu.postgres }))
+	}
+	bsCPU += ")"
+
 	if r.cfg.skipRiver {
 		fmt.Printf("  CPU per item delivered: %s\n", bsCPU)
 	} else {
@@ -273,9 +278,12 @@ func (r *racer) report(store string, rounds []round) {
 		fmt.Printf("  batchsender/river: %.2f× delivering, %.2f× end to end\n",
 			med(func(rd round) float64 { return rd.bs.deliverRate() / rd.rv.deliverRate() }),
 			med(func(rd round) float64 { return rd.bs.totalRate() / rd.rv.totalRate() }))
-		fmt.Printf("  CPU per item delivered: %s; river %s (river+receiver %s, postgres %s); river/batchsender %.2f×\n",
-			bsCPU, cpuPerItem(func(rd round) time.Duration { return rd.rv.cpu.total() }),
-			cpuPerItem(func(rd round) time.Duration { return rd.rv.cpu.self }), cpuPerItem(func(rd round) time.Duration { return rd.rv.cpu.postgres }),
+		rvCPU := fmt.Sprintf("river %s (river+receiver %s", cpuPerItem(func(rd round) time.Duration { return rd.rv.cpu.total() }),
+			cpuPerItem(func(rd round) time.Duration { return rd.rv.cpu.self }))
+		if store == "postgres" {
+			rvCPU += fmt.Sprintf(", postgres %s", cpuPerItem(func(rd round) time.Duration { return rd.rv.cpu.postgres }))
+		}
+		fmt.Printf("  CPU per item delivered: %s; %s); river/batchsender %.2f×\n", bsCPU, rvCPU,
 			med(func(rd round) float64 { return float64(rd.rv.cpu.total()) / float64(max(rd.bs.cpu.total(), 1)) }))
 	}
 	if rounds[0].bare > 0 {
