@@ -468,6 +468,11 @@ func (h *hostLimiter) acquire(ctx context.Context, host string) (*hostSlot, erro
 	}
 	s.refs++
 	h.mu.Unlock()
+	select { // a free slot without the cost of a two-way select
+	case s.ch <- struct{}{}:
+		return s, nil
+	default:
+	}
 	select {
 	case s.ch <- struct{}{}:
 		return s, nil
