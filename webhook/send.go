@@ -191,7 +191,6 @@ func (s *sender) sendOne(ctx context.Context, item sdk.Item) sdk.Result {
 	return p.do(ctx, item, r)
 }
 
-// do sends one signed request and classifies the answer.
 // body is a request body: one allocation where io.NopCloser(bytes.NewReader)
 // takes two.
 type body struct {
@@ -211,6 +210,7 @@ func (*body) Close() error { return nil }
 // once more on a new connection when a reused one was found closed.
 func (b *body) again() (io.ReadCloser, error) { return newBody(b.data), nil }
 
+// do sends one signed request and classifies the answer.
 func (p *Provider) do(ctx context.Context, item sdk.Item, r request) sdk.Result {
 	// Deadlines are real time, not the injected clock.
 	reqCtx := p.deadlines.ctx(ctx, time.Now(), time.Duration(p.cfg.Timeout))
