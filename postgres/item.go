@@ -382,6 +382,7 @@ func (s *Store) ItemResultsWriteMany(ctx context.Context, results []batchsender.
 	}
 	seen := make(map[string]int, len(results))
 	batchIDs := make([]string, 0, 4)
+	seenBatch := map[string]bool{}
 	allNamed, repeated := true, false
 	for _, r := range results {
 		if r.Status != batchsender.ItemPending && !r.Status.Terminal() {
@@ -391,7 +392,8 @@ func (s *Store) ItemResultsWriteMany(ctx context.Context, results []batchsender.
 		seen[r.ItemID] = k + 1
 		repeated = repeated || k > 0
 		allNamed = allNamed && r.BatchID != ""
-		if r.BatchID != "" && !slices.Contains(batchIDs, r.BatchID) {
+		if r.BatchID != "" && !seenBatch[r.BatchID] {
+			seenBatch[r.BatchID] = true
 			batchIDs = append(batchIDs, r.BatchID)
 		}
 	}
