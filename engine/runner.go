@@ -696,12 +696,8 @@ type pacer struct {
 	rate float64   // smoothed items per second of past windows
 }
 
-// paceWindow is the length of one measuring window of a pacer, and
-// firstPaceWindow of its first.
-const (
-	paceWindow      = 250 * time.Millisecond
-	firstPaceWindow = 50 * time.Millisecond
-)
+// paceWindow is the length of one measuring window of a pacer.
+const paceWindow = 250 * time.Millisecond
 
 // add records that n items started at now.
 func (p *pacer) add(now time.Time, n int) {
@@ -709,10 +705,7 @@ func (p *pacer) add(now time.Time, n int) {
 		p.t0, p.n = now, 0
 	}
 	p.n += n
-	// The first window is shorter, so that a runner starting on a big
-	// batch claims ahead at its pace early rather than a quarter second
-	// of small claims later.
-	if d := now.Sub(p.t0); d >= paceWindow || (p.rate == 0 && d >= firstPaceWindow) {
+	if d := now.Sub(p.t0); d >= paceWindow {
 		p.fold(float64(p.n) / d.Seconds())
 		p.t0, p.n = now, 0
 	}
