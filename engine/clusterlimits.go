@@ -113,8 +113,9 @@ func (c *clusterRate) takeNow(now time.Time) (time.Time, bool) {
 	return s, true
 }
 
-// clusterSem is a connection's concurrency limit held across the cluster:
-// a call runs only on a slot this node leased from the store. Leases last
+// clusterSem is a connection's (or a batch's) concurrency limit held
+// across the cluster: a call runs only on a slot this node leased from the
+// store. Leases last
 // LeaseDuration and are renewed every LeaseDuration/20; a slot is used only
 // while its lease was renewed within LeaseDuration/10, so its lease outlasts
 // any call started on it (calls end before their items' lease, which is
@@ -124,6 +125,7 @@ type clusterSem struct {
 	e     *Engine
 	ls    batchsender.LimitStore
 	key   string
+	owner string // this node, or one runner of this node (see newBatchLimits)
 	limit int
 
 	mu        sync.Mutex
@@ -137,8 +139,8 @@ type clusterSem struct {
 	ticking   bool
 }
 
-func newClusterSem(e *Engine, ls batchsender.LimitStore, key string, limit int) *clusterSem {
-	return &clusterSem{e: e, ls: ls, key: key, limit: limit, share: limit, freed: make(chan struct{})}
+func newClusterSem(e *Engine, ls batchsender.LimitStore, key, owner string, limit int) *clusterSem {
+	return &clusterSem{e: e, ls: ls, key: key, owner: owner, limit: limit, share: limit, freed: make(chan struct{})}
 }
 
 func (c *clusterSem) ttl() time.Duration { return c.e.cfg.LeaseDuration }
@@ -191,7 +193,7 @@ func (c *clusterSem) acquire(ctx context.Context) error {
 		want := max(c.waiting, c.share-c.have)
 		c.mu.Unlock()
 		asked := c.e.now()
-		got, share, err := c.ls.SlotsAcquire(ctx, c.key, c.e.cfg.NodeID, c.limit, want, c.ttl())
+		got, share, err := c.ls.SlotsAcquire(ctx, c.key, c.owner, c.limit, want, c.ttl())
 		c.mu.Lock()
 		c.waiting--
 		if err == nil {
@@ -306,7 +308,7 @@ func (c *clusterSem) tick() {
 			if done {
 				n = 0 // all, and the demand too
 			}
-			if err := c.ls.SlotsRelease(cctx, c.key, c.e.cfg.NodeID, n); err != nil {
+			if err := c.ls.SlotsRelease(cctx, c.key, c.owner, n); err != nil {
 				c.e.log.Error("giving back concurrency slots", slog.String("key", c.key), slog.Any("error", err))
 			}
 		}
@@ -315,7 +317,7 @@ func (c *clusterSem) tick() {
 			return
 		}
 		asked := c.e.now()
-		held, share, err := c.ls.SlotsRenew(cctx, c.key, c.e.cfg.NodeID, c.limit, c.ttl())
+		held, share, err := c.ls.SlotsRenew(cctx, c.key, c.owner, c.limit, c.ttl())
 		cancel()
 		c.mu.Lock()
 		if err == nil {

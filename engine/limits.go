@@ -81,7 +81,7 @@ func (e *Engine) limitsFor(conn batchsender.Connection, info sdk.Info) *connLimi
 		// The limit is part of the key: after a change, the old limit's
 		// slots (still held by calls that started under it) are not the
 		// new one's, so one node's two sets never release each other's.
-		l.csem = newClusterSem(e, ls, fmt.Sprintf("conn:%s:%d", conn.ID, c), c)
+		l.csem = newClusterSem(e, ls, fmt.Sprintf("conn:%s:%d", conn.ID, c), e.cfg.NodeID, c)
 		if r > 0 && !math.IsInf(r, 1) {
 			l.crate = &clusterRate{e: e, ls: ls, key: "conn:" + conn.ID, rate: r * clusterRateMargin}
 		}
@@ -145,9 +145,25 @@ func (r *runner) acquire(ctx context.Context) (slots, error) {
 	if err := r.sem.Acquire(ctx, 1); err != nil {
 		return s, err
 	}
+	if r.csem != nil {
+		if err := r.csem.acquire(ctx); err != nil {
+			r.sem.Release(1)
+			return s, err
+		}
+	}
 	if r.lim != nil && !waitToken(ctx, r.lim, r.e.now()) {
 		r.release(true, false, false)
 		return s, ctx.Err()
+	}
+	// The call waits for its cluster rate slots (each at most about
+	// rateGroup ahead): the batch's, then the connection's.
+	if r.crate != nil {
+		at, err := r.takeSlot(ctx, r.crate)
+		if err != nil {
+			r.release(true, false, false)
+			return s, err
+		}
+		s.notBefore, s.clusterSlot = at, true
 	}
 	if err := r.conn.semAcquire(ctx); err != nil {
 		r.release(true, false, false)
@@ -158,17 +174,12 @@ func (r *runner) acquire(ctx context.Context) (slots, error) {
 		return s, ctx.Err()
 	}
 	if r.conn.crate != nil {
-		at, err := r.conn.crate.take(ctx)
+		at, err := r.takeSlot(ctx, r.conn.crate)
 		if err != nil {
-			if ctx.Err() == nil {
-				r.log.Error("taking a rate slot", slog.Any("error", err))
-				sleepCtx(ctx, time.Second)
-			}
 			r.release(true, true, false)
 			return s, err
 		}
-		// The call waits for its slot (at most about rateGroup ahead).
-		s.notBefore, s.clusterSlot = at, true
+		s.notBefore, s.clusterSlot = maxTime(s.notBefore, at), true
 	}
 	r.e.globalWaiting.Add(1)
 	err := r.e.global.Acquire(ctx, 1)
@@ -178,6 +189,53 @@ func (r *runner) acquire(ctx context.Context) (slots, error) {
 		return s, err
 	}
 	return s, nil
+}
+
+// takeSlot takes a slot of a cluster-wide rate; after a store error it
+// waits a second before it reports it, so that a failing store is not
+// asked in a loop.
+func (r *runner) takeSlot(ctx context.Context, c *clusterRate) (time.Time, error) {
+	at, err := c.take(ctx)
+	if err != nil && ctx.Err() == nil {
+		r.log.Error("taking a rate slot", slog.String("key", c.key), slog.Any("error", err))
+		sleepCtx(ctx, time.Second)
+	}
+	return at, err
+}
+
+// clusterRates returns the cluster-wide rates the runner's calls take
+// slots of: the batch's, the connection's, either or none.
+func (r *runner) clusterRates() []*clusterRate {
+	var out []*clusterRate
+	for _, c := range []*clusterRate{r.crate, r.conn.crate} {
+		if c != nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// takeClusterSlots takes a fresh slot of each cluster-wide rate and
+// returns when the call may start.
+func (r *runner) takeClusterSlots(ctx context.Context) (time.Time, error) {
+	var at time.Time
+	for _, c := range r.clusterRates() {
+		a, err := c.take(ctx)
+		if err != nil {
+			return time.Time{}, err
+		}
+		at = maxTime(at, a)
+	}
+	return at, nil
+}
+
+// clusterGrace is how late a call may start after its cluster rate slots.
+func (r *runner) clusterGrace() time.Duration {
+	g := time.Duration(math.MaxInt64)
+	for _, c := range r.clusterRates() {
+		g = min(g, c.grace())
+	}
+	return g
 }
 
 // waitToken takes one token, sleeping until it is due. It reports false if
@@ -205,9 +263,9 @@ func (r *runner) rateBudget(now time.Time) int {
 			budget = max(n, 0)
 		}
 	}
-	if r.conn.crate != nil {
+	for _, c := range r.clusterRates() {
 		// Only the slots this node holds: more would cost a round trip.
-		if n := r.conn.crate.budget(now); budget < 0 || n < budget {
+		if n := c.budget(now); budget < 0 || n < budget {
 			budget = n
 		}
 	}
@@ -219,6 +277,10 @@ func (r *runner) rateBudget(now time.Time) int {
 // keeps runners that share a connection taking turns.
 func (r *runner) tryAcquire() bool {
 	if !r.sem.TryAcquire(1) {
+		return false
+	}
+	if r.csem != nil && !r.csem.tryAcquire() {
+		r.sem.Release(1)
 		return false
 	}
 	if !r.conn.semTryAcquire() {
@@ -246,13 +308,17 @@ func (r *runner) schedule(now time.Time) slots {
 	if r.conn.lim != nil {
 		s.notBefore = s.notBefore.Add(r.conn.lim.ReserveN(s.notBefore, 1).DelayFrom(s.notBefore))
 	}
-	if r.conn.crate != nil {
-		// A slot the node holds (the claim was sized by them); if another
-		// runner took it meanwhile, the call takes one when it starts.
-		if at, ok := r.conn.crate.takeNow(now); ok {
+	if rates := r.clusterRates(); len(rates) > 0 {
+		// Slots the node holds (the claim was sized by them); if another
+		// runner took one meanwhile, the call takes fresh ones when it
+		// starts.
+		for _, c := range rates {
+			at, ok := c.takeNow(now)
+			if !ok {
+				s.notBefore = time.Time{}
+				break
+			}
 			s.notBefore = maxTime(s.notBefore, at)
-		} else {
-			s.notBefore = time.Time{}
 		}
 		s.clusterSlot = true
 	}
@@ -275,6 +341,9 @@ func (r *runner) release(batch, conn, global bool) {
 		r.conn.semRelease()
 	}
 	if batch {
+		if r.csem != nil {
+			r.csem.release()
+		}
 		r.sem.Release(1)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -37,8 +38,12 @@ type runner struct {
 	sender   sdk.Sender
 	maxChunk int
 	conn     *connLimits
-	sem      *semaphore.Weighted // the batch's concurrency
-	lim      *rate.Limiter       // the batch's own rate, nil if none
+	sem      *semaphore.Weighted // the batch's concurrency in this process
+	lim      *rate.Limiter       // the batch's own rate, nil if none or held across the cluster
+	// On a LimitStore, a batch's own limits hold across the cluster too
+	// (see prepare): nil when the connection's are as tight.
+	csem  *clusterSem
+	crate *clusterRate
 
 	// Guarded by e.mu.
 	looping     bool
@@ -237,10 +242,24 @@ func (r *runner) prepare(ctx context.Context) bool {
 		conc = r.opts.Concurrency
 	}
 	r.sem = semaphore.NewWeighted(int64(conc))
-	// A batch rate only lowers the connection's: it gets a bucket of its own
-	// when it is below the connection's rate (or the connection has none).
-	if br := r.opts.RatePerSecond; br > 0 && (r.conn.rate == 0 || br < r.conn.rate) {
+	// A batch's limits only lower the connection's: each gets one of its
+	// own when it is below the connection's (or the connection has no
+	// rate). On a store the nodes share, they hold across the cluster, as
+	// the connection's do. The concurrency slots are this runner's own in
+	// the store (owner: node and runner): a runner that ends may still be
+	// giving its slots back when a new one for the same batch starts.
+	br := r.opts.RatePerSecond
+	ownRate := br > 0 && !math.IsInf(br, 1) && (r.conn.rate == 0 || br < r.conn.rate)
+	ls, shared := r.e.store.(batchsender.LimitStore)
+	switch {
+	case ownRate && shared:
+		r.crate = &clusterRate{e: r.e, ls: ls, key: "batch:" + r.batch.ID, rate: br * clusterRateMargin}
+	case ownRate:
 		r.lim = newLimiter(br)
+	}
+	if shared && conc < r.conn.conc {
+		r.csem = newClusterSem(r.e, ls, fmt.Sprintf("batch:%s:%d", r.batch.ID, conc),
+			r.e.cfg.NodeID+"/"+batchsender.NewID("run"), conc)
 	}
 	return true
 }
@@ -526,7 +545,7 @@ func (r *runner) takeQueue() []queued {
 func (r *runner) next() (queued, bool) {
 	if r.maxChunk != 1 || r.rateLimited() || r.e.runCtx.Err() != nil || r.recheck.Load() ||
 		r.conn.waiting.Load() > 0 || r.e.globalWaiting.Load() > 0 ||
-		(r.conn.csem != nil && !r.conn.csem.keep()) {
+		(r.conn.csem != nil && !r.conn.csem.keep()) || (r.csem != nil && !r.csem.keep()) {
 		return queued{}, false
 	}
 	now := r.e.now()
@@ -553,7 +572,7 @@ func (r *runner) next() (queued, bool) {
 // the loop reserves per call (schedule): such runners keep the loop's
 // claim-and-start cycle, without prefetches or calls that go on.
 func (r *runner) rateLimited() bool {
-	return r.lim != nil || r.conn.lim != nil || r.conn.crate != nil
+	return r.lim != nil || r.crate != nil || r.conn.lim != nil || r.conn.crate != nil
 }
 
 // prefetchBelow is the share of the last claim below which the queue is
@@ -789,11 +808,11 @@ func (r *runner) call(ctx context.Context, s slots, items []batchsender.Item) {
 			}
 		}
 		// A cluster rate slot used late could bunch with calls on time in
-		// the next second: take a fresh one instead.
-		if !s.clusterSlot || (!s.notBefore.IsZero() && r.e.now().Sub(s.notBefore) <= r.conn.crate.grace()) {
+		// the next second: take fresh ones instead.
+		if !s.clusterSlot || (!s.notBefore.IsZero() && r.e.now().Sub(s.notBefore) <= r.clusterGrace()) {
 			break
 		}
-		at, err := r.conn.crate.take(r.e.runCtx)
+		at, err := r.takeClusterSlots(r.e.runCtx)
 		if err != nil {
 			if r.e.runCtx.Err() == nil {
 				r.log.Error("taking a rate slot", slog.Any("error", err))

@@ -76,16 +76,30 @@ func TestClusterLimits(t *testing.T) {
 	t.Run("RateHolds", func(t *testing.T) {
 		t.Parallel()
 		// Concurrency allows far more than the rate.
-		clusterLimits(t, 500, 200, 8, 2*time.Millisecond)
+		clusterLimits(t, 500, 200, 8, 2*time.Millisecond, false)
 	})
 	t.Run("ConcurrencyHolds", func(t *testing.T) {
 		t.Parallel()
 		// Slow answers: 3 in flight allow about 60 a second.
-		clusterLimits(t, 150, 0, 3, 40*time.Millisecond)
+		clusterLimits(t, 150, 0, 3, 40*time.Millisecond, false)
+	})
+	// The same limits as a batch's own options, on a connection that would
+	// allow far more. Longer batches: the first node takes all the batch's
+	// concurrency slots and gives the others their share only at its next
+	// lease renewals (every LeaseDuration/20, 1 s here).
+	t.Run("BatchRateHolds", func(t *testing.T) {
+		t.Parallel()
+		clusterLimits(t, 1500, 200, 8, 2*time.Millisecond, true)
+	})
+	t.Run("BatchConcurrencyHolds", func(t *testing.T) {
+		t.Parallel()
+		clusterLimits(t, 600, 0, 3, 40*time.Millisecond, true)
 	})
 }
 
-func clusterLimits(t *testing.T, items, rate, conc int, hold time.Duration) {
+// clusterLimits sends items through three engines under a rate and a
+// concurrency limit, the connection's, or the batch's own when onBatch.
+func clusterLimits(t *testing.T, items, rate, conc int, hold time.Duration, onBatch bool) {
 	var (
 		mu       sync.Mutex
 		arrivals []time.Time
@@ -121,17 +135,22 @@ func clusterLimits(t *testing.T, items, rate, conc int, hold time.Duration) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// rate 0 leaves the rate unlimited.
+	config := fmt.Sprintf(`{"url":%q,"rate_per_second":%d,"concurrency":%d}`, srv.URL, rate, conc)
+	var opts batchsender.BatchOptions
+	if onBatch {
+		config = fmt.Sprintf(`{"url":%q,"concurrency":64}`, srv.URL)
+		opts = batchsender.BatchOptions{RatePerSecond: float64(rate), Concurrency: conc}
+	}
 	conn, err := s.ConnectionCreate(ctx, batchsender.ConnectionCreateParams{
-		ProjectID: p.ID, Provider: "test.pglimits", Name: "hooks",
-		Config: json.RawMessage(fmt.Sprintf(`{"url":%q,"rate_per_second":%d,"concurrency":%d}`, srv.URL, rate, conc)),
-		// rate 0 leaves the rate unlimited.
+		ProjectID: p.ID, Provider: "test.pglimits", Name: "hooks", Config: json.RawMessage(config),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, err := s.BatchCreate(ctx, batchsender.BatchCreateParams{
 		ProjectID: p.ID, Module: conn.Module(), ConnectionID: conn.ID, Provider: conn.Provider,
-		Status: batchsender.BatchRunning, Template: json.RawMessage(`{}`), Items: func(yield func(batchsender.NewItem, error) bool) {
+		Status: batchsender.BatchRunning, Template: json.RawMessage(`{}`), Options: opts, Items: func(yield func(batchsender.NewItem, error) bool) {
 			for i := range items {
 				if !yield(batchsender.NewItem{Data: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))}, nil) {
 					return
@@ -184,10 +203,10 @@ func clusterLimits(t *testing.T, items, rate, conc int, hold time.Duration) {
 	}
 	// Burst one: at most rate calls start in any second.
 	if rate > 0 && worst > rate+1 {
-		t.Errorf("%d requests arrived within one second; the connection allows %d/s", worst, rate)
+		t.Errorf("%d requests arrived within one second; the limit allows %d/s", worst, rate)
 	}
 	if got := maxSeen.Load(); got > int64(conc) {
-		t.Errorf("%d requests in flight at once; the connection allows %d", got, conc)
+		t.Errorf("%d requests in flight at once; the limit allows %d", got, conc)
 	}
 	busy := 0
 	for _, e := range engines {
