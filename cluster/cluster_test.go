@@ -105,8 +105,9 @@ func TestClusterSurvivesKill9(t *testing.T) {
 // TestClusterScaling delivers the same latency-bound batch with one node
 // and with three, and logs the throughput ratio (target ≥ 2.5×). It asserts
 // no timing: CI machines are shared. Each node sends at most 8 requests at a
-// time to a receiver taking 20 ms each, so one node is bound at about
-// 400 items/s by latency, not by CPU.
+// time (BATCHSENDER_MAX_IN_FLIGHT) to a receiver taking 20 ms each, so one
+// node is bound at about 400 items/s by latency, not by CPU. (Not the
+// batch's concurrency option: that holds across the cluster.)
 //
 // BATCHSENDER_CLUSTER_SCALE_ITEMS sets the batch size (default 2,400).
 func TestClusterScaling(t *testing.T) {
@@ -115,13 +116,14 @@ func TestClusterScaling(t *testing.T) {
 	rate := func(nodes int) float64 {
 		db := newSchemaURL(t)
 		recv := slowReceiver(t, false)
-		api := startNode(t, "serve", "serve", db)
+		const perNode = "BATCHSENDER_MAX_IN_FLIGHT=8"
+		api := startNode(t, "serve", "serve", db, perNode)
 		all := []*node{api}
 		for i := 1; i < nodes; i++ {
-			all = append(all, startNode(t, "worker-"+string(rune('0'+i)), "worker", db))
+			all = append(all, startNode(t, "worker-"+string(rune('0'+i)), "worker", db, perNode))
 		}
 		c := apiClient(t, api)
-		id := webhookBatch(t, c, recv.URL, total, map[string]any{"concurrency": 8})
+		id := webhookBatch(t, c, recv.URL, total, map[string]any{})
 		// Timed from the first delivery: ingest is not what scales here.
 		waitFor(t, time.Minute, "the first delivery", func() bool { return recv.Requests() > 0 })
 		start := time.Now()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,6 +29,9 @@ type nodeConfig struct {
 	// default). On PostgreSQL it is also how long the items of a node that
 	// died wait before another node sends them.
 	LeaseDuration time.Duration
+	// MaxInFlight caps the sends this node runs at once over all batches
+	// (0: the engine's default).
+	MaxInFlight int
 	// PprofAddr, when set, serves Go's profiling endpoints there.
 	PprofAddr string
 	// GOGCSet is true when the operator set GOGC, which then wins over
@@ -43,8 +47,12 @@ type nodeConfig struct {
 // 1,000,000-row ingest from 72 to 91 MB, against a budget of 100.
 const defaultGCPercent = 200
 
-// envLeaseDuration tunes the engine's claim lease.
-const envLeaseDuration = "BATCHSENDER_LEASE_DURATION"
+// envLeaseDuration tunes the engine's claim lease, envMaxInFlight its
+// process-wide cap on sends in flight.
+const (
+	envLeaseDuration = "BATCHSENDER_LEASE_DURATION"
+	envMaxInFlight   = "BATCHSENDER_MAX_IN_FLIGHT"
+)
 
 // readNodeEnv fills the settings that come from the environment only.
 func (c *nodeConfig) readNodeEnv(getenv func(string) string) error {
@@ -63,6 +71,13 @@ func (c *nodeConfig) readNodeEnv(getenv func(string) string) error {
 			return fmt.Errorf("%s: %q is not a duration between 1s and 1h (such as 30s)", envLeaseDuration, v)
 		}
 		c.LeaseDuration = d
+	}
+	if v := strings.TrimSpace(getenv(envMaxInFlight)); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 100_000 {
+			return fmt.Errorf("%s: %q is not a whole number between 1 and 100000", envMaxInFlight, v)
+		}
+		c.MaxInFlight = n
 	}
 	return nil
 }
@@ -137,6 +152,7 @@ func openNode(ctx context.Context, cfg nodeConfig, logger *slog.Logger, exclusiv
 		Now:           time.Now,
 		RescueOnStart: st.SingleProcess,
 		LeaseDuration: cfg.LeaseDuration,
+		MaxInFlight:   cfg.MaxInFlight,
 	})
 	if err != nil {
 		return n, fmt.Errorf("starting engine: %w", err)
@@ -182,6 +198,8 @@ func nodeHelp() string {
   ` + envLeaseDuration + `   how long a node holds claimed items (default 1m); on
                                PostgreSQL, how long a dead node's items wait before
                                another node sends them
+  ` + envMaxInFlight + `    sends this node runs at once over all batches
+                               (default 512)
   ` + envPprofAddr + `       address for Go's /debug/pprof/ endpoints (off by default;
                                keep it on loopback)`
 }
