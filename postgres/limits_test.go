@@ -70,31 +70,32 @@ func (p *limitsProvider) Send(ctx context.Context, items []sdk.Item) []sdk.Resul
 
 // TestClusterLimits runs three engines, each with its own store (pool) and
 // node ID, on one schema: together they never exceed the connection's rate
-// in any one-second window, nor its concurrency, at the receiver.
+// in any one-second window, nor its concurrency, at the receiver; nor a
+// batch's own, when those are tighter.
 func TestClusterLimits(t *testing.T) {
 	t.Parallel()
-	t.Run("RateHolds", func(t *testing.T) {
-		t.Parallel()
+	for _, tc := range []struct {
+		name              string
+		items, rate, conc int
+		hold              time.Duration
+		onBatch           bool
+	}{
 		// Concurrency allows far more than the rate.
-		clusterLimits(t, 500, 200, 8, 2*time.Millisecond, false)
-	})
-	t.Run("ConcurrencyHolds", func(t *testing.T) {
-		t.Parallel()
+		{"RateHolds", 500, 200, 8, 2 * time.Millisecond, false},
 		// Slow answers: 3 in flight allow about 60 a second.
-		clusterLimits(t, 150, 0, 3, 40*time.Millisecond, false)
-	})
-	// The same limits as a batch's own options, on a connection that would
-	// allow far more. Longer batches: the first node takes all the batch's
-	// concurrency slots and gives the others their share only at its next
-	// lease renewals (every LeaseDuration/20, 1 s here).
-	t.Run("BatchRateHolds", func(t *testing.T) {
-		t.Parallel()
-		clusterLimits(t, 1500, 200, 8, 2*time.Millisecond, true)
-	})
-	t.Run("BatchConcurrencyHolds", func(t *testing.T) {
-		t.Parallel()
-		clusterLimits(t, 600, 0, 3, 40*time.Millisecond, true)
-	})
+		{"ConcurrencyHolds", 150, 0, 3, 40 * time.Millisecond, false},
+		// The same limits as a batch's own options, on a connection that
+		// would allow far more. Longer batches: the first node takes all
+		// the batch's concurrency slots and gives the others their share
+		// only at its next lease renewals (every LeaseDuration/20, 1 s here).
+		{"BatchRateHolds", 1500, 200, 8, 2 * time.Millisecond, true},
+		{"BatchConcurrencyHolds", 600, 0, 3, 40 * time.Millisecond, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			clusterLimits(t, tc.items, tc.rate, tc.conc, tc.hold, tc.onBatch)
+		})
+	}
 }
 
 // clusterLimits sends items through three engines under a rate and a
