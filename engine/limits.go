@@ -203,23 +203,11 @@ func (r *runner) takeSlot(ctx context.Context, c *clusterRate) (time.Time, error
 	return at, err
 }
 
-// clusterRates returns the cluster-wide rates the runner's calls take
-// slots of: the batch's, the connection's, either or none.
-func (r *runner) clusterRates() []*clusterRate {
-	var out []*clusterRate
-	for _, c := range []*clusterRate{r.crate, r.conn.crate} {
-		if c != nil {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
 // takeClusterSlots takes a fresh slot of each cluster-wide rate and
 // returns when the call may start.
 func (r *runner) takeClusterSlots(ctx context.Context) (time.Time, error) {
 	var at time.Time
-	for _, c := range r.clusterRates() {
+	for _, c := range r.crates {
 		a, err := c.take(ctx)
 		if err != nil {
 			return time.Time{}, err
@@ -232,7 +220,7 @@ func (r *runner) takeClusterSlots(ctx context.Context) (time.Time, error) {
 // clusterGrace is how late a call may start after its cluster rate slots.
 func (r *runner) clusterGrace() time.Duration {
 	g := time.Duration(math.MaxInt64)
-	for _, c := range r.clusterRates() {
+	for _, c := range r.crates {
 		g = min(g, c.grace())
 	}
 	return g
@@ -263,7 +251,7 @@ func (r *runner) rateBudget(now time.Time) int {
 			budget = max(n, 0)
 		}
 	}
-	for _, c := range r.clusterRates() {
+	for _, c := range r.crates {
 		// Only the slots this node holds: more would cost a round trip.
 		if n := c.budget(now); budget < 0 || n < budget {
 			budget = n
@@ -308,11 +296,11 @@ func (r *runner) schedule(now time.Time) slots {
 	if r.conn.lim != nil {
 		s.notBefore = s.notBefore.Add(r.conn.lim.ReserveN(s.notBefore, 1).DelayFrom(s.notBefore))
 	}
-	if rates := r.clusterRates(); len(rates) > 0 {
+	if len(r.crates) > 0 {
 		// Slots the node holds (the claim was sized by them); if another
 		// runner took one meanwhile, the call takes fresh ones when it
 		// starts.
-		for _, c := range rates {
+		for _, c := range r.crates {
 			at, ok := c.takeNow(now)
 			if !ok {
 				s.notBefore = time.Time{}

@@ -42,8 +42,9 @@ type runner struct {
 	lim      *rate.Limiter       // the batch's own rate, nil if none or held across the cluster
 	// On a LimitStore, a batch's own limits hold across the cluster too
 	// (see prepare): nil when the connection's are as tight.
-	csem  *clusterSem
-	crate *clusterRate
+	csem   *clusterSem
+	crate  *clusterRate
+	crates []*clusterRate // the cluster-wide rates a call takes slots of: the batch's, the connection's, either or none
 
 	// Guarded by e.mu.
 	looping     bool
@@ -256,6 +257,11 @@ func (r *runner) prepare(ctx context.Context) bool {
 		r.crate = &clusterRate{e: r.e, ls: ls, key: "batch:" + r.batch.ID, rate: br * clusterRateMargin}
 	case ownRate:
 		r.lim = newLimiter(br)
+	}
+	for _, c := range []*clusterRate{r.crate, r.conn.crate} {
+		if c != nil {
+			r.crates = append(r.crates, c)
+		}
 	}
 	if shared && conc < r.conn.conc {
 		r.csem = newClusterSem(r.e, ls, fmt.Sprintf("batch:%s:%d", r.batch.ID, conc),

@@ -473,7 +473,7 @@ func (r *racer) batchsender(ctx context.Context, name, appName string, env []str
 	}
 	res := result{n: r.cfg.n, enqueue: time.Since(start)}
 	logf("%s: delivering", name)
-	meter := r.startMeter(ctx, srv.PID(), appName)
+	meter := r.startMeter(ctx, name, srv.PID(), appName)
 	start = time.Now()
 	if err := c.StartBatch(ctx, b.ID); err != nil {
 		return res, err
@@ -672,7 +672,7 @@ func (r *racer) river(ctx context.Context, name, appName string, client interfac
 	}
 	res := result{n: r.cfg.n, enqueue: time.Since(start)}
 	logf("%s: delivering", name)
-	meter := r.startMeter(ctx, 0, appName)
+	meter := r.startMeter(ctx, name, 0, appName)
 	start = time.Now()
 	if err := client.Start(ctx); err != nil {
 		return res, err
@@ -735,6 +735,7 @@ func (c cpuUse) total() time.Duration { return c.server + c.self + c.postgres }
 // far less on the other load of a shared machine than rates do.
 type meter struct {
 	r         *racer
+	name      string // the contestant, for -timeline
 	serverPID int
 	appName   string
 	server0   time.Duration
@@ -744,8 +745,8 @@ type meter struct {
 	quit      chan struct{}
 }
 
-func (r *racer) startMeter(ctx context.Context, serverPID int, appName string) *meter {
-	m := &meter{r: r, serverPID: serverPID, appName: appName, self0: benchmarks.SelfCPU()}
+func (r *racer) startMeter(ctx context.Context, name string, serverPID int, appName string) *meter {
+	m := &meter{r: r, name: name, serverPID: serverPID, appName: appName, self0: benchmarks.SelfCPU()}
 	if serverPID > 0 {
 		m.server0, _ = benchmarks.ProcessCPU(serverPID)
 	}
@@ -780,7 +781,7 @@ func (m *meter) stop(ctx context.Context) cpuUse {
 		for i := 1; i < len(counts); i++ {
 			fmt.Fprintf(&b, " %d", counts[i]-counts[i-1])
 		}
-		fmt.Printf("  %s: requests per 100 ms:%s\n", m.appName, b.String())
+		fmt.Printf("  %s: requests per 100 ms:%s\n", m.name, b.String())
 	}
 	if m.serverPID > 0 {
 		if c, err := benchmarks.ProcessCPU(m.serverPID); err == nil {
