@@ -857,3 +857,44 @@ func FuzzValidateURL(f *testing.F) {
 		}
 	})
 }
+
+// writeCounter counts a connection's writes.
+type writeCounter struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c writeCounter) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// A request goes out in one write: headers and body together. A body type
+// net/http does not know to be in memory makes it flush the headers first,
+// which doubles the write syscalls and TCP segments on both sides.
+func TestRequestIsOneWrite(t *testing.T) {
+	t.Parallel()
+	rc := newReceiver(t, testSecret, func() time.Time { return fixedNow }, nil)
+	var writes atomic.Int64
+	dial := func(ctx context.Context, network, address string) (net.Conn, error) {
+		c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, network, address)
+		if err != nil {
+			return nil, err
+		}
+		return writeCounter{Conn: c, writes: &writes}, nil
+	}
+	p := newProvider(t, opts{allowPrivate: true, dialer: dial})
+	s := compile(t, p, `{"url":"`+rc.srv.URL+`/hook"}`)
+	const n = 3
+	for i := range n {
+		if res := send1(t, s, item(fmt.Sprintf("itm_%d", i), `{"payload":{"n":1}}`)); res.Outcome != sdk.OutcomeOK {
+			t.Fatalf("send %d = %+v", i, res)
+		}
+	}
+	if got := len(rc.requests()); got != n {
+		t.Fatalf("receiver saw %d requests, want %d", got, n)
+	}
+	if got := writes.Load(); got != n {
+		t.Fatalf("%d requests took %d writes, want one each", n, got)
+	}
+}
