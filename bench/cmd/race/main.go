@@ -226,9 +226,9 @@ type round struct {
 }
 
 func (rd round) String() string {
-	out := fmt.Sprintf("batchsender %.0f/s", rd.bs.deliverRate())
+	out := fmt.Sprintf("batchsender %.0f/s (machine %.0f%% busy)", rd.bs.deliverRate(), 100*rd.bs.cpu.busy)
 	if rd.rv.n > 0 {
-		out += fmt.Sprintf(", river %.0f/s (%.2f×)", rd.rv.deliverRate(), rd.bs.deliverRate()/rd.rv.deliverRate())
+		out += fmt.Sprintf(", river %.0f/s (%.0f%% busy; %.2f×)", rd.rv.deliverRate(), 100*rd.rv.cpu.busy, rd.bs.deliverRate()/rd.rv.deliverRate())
 	}
 	if rd.bare > 0 {
 		out += fmt.Sprintf(", bare loop %.0f/s (batchsender %.2f×)", rd.bare, rd.bs.deliverRate()/rd.bare)
@@ -318,10 +318,12 @@ func buildBinary(ctx context.Context, dir string) (string, error) {
 func (r *racer) bare(ctx context.Context) (float64, error) {
 	r.recv.Reset()
 	logf("bare loop")
+	t0 := readMachineTicks()
 	d, err := benchmarks.BareLoop(ctx, r.recv.URL+"/hook", r.key, r.cfg.n, r.cfg.concurrency, r.cfg.pad)
 	if err != nil {
 		return 0, err
 	}
+	logf("bare loop: %.0f requests/s, machine %.0f%% busy", float64(r.cfg.n)/d.Seconds(), 100*readMachineTicks().busySince(t0))
 	if err := r.check(r.cfg.n, false); err != nil {
 		return 0, err
 	}
@@ -726,6 +728,10 @@ func (r *racer) river(ctx context.Context, name, appName string, client interfac
 // process (the receiver, and River), and its PostgreSQL backends.
 type cpuUse struct {
 	server, self, postgres time.Duration
+	// busy is the share of the machine's CPUs that were busy, whoever
+	// used them: a contestant that leaves CPUs idle loses rate without
+	// spending more CPU per item.
+	busy float64
 }
 
 func (c cpuUse) total() time.Duration { return c.server + c.self + c.postgres }
@@ -741,6 +747,7 @@ type meter struct {
 	server0   time.Duration
 	self0     time.Duration
 	pg0       map[int]time.Duration
+	machine0  machineTicks
 	ticks     chan []int64 // with -timeline: the receiver's request count every 100 ms
 	quit      chan struct{}
 }
@@ -751,6 +758,7 @@ func (r *racer) startMeter(ctx context.Context, name string, serverPID int, appN
 		m.server0, _ = benchmarks.ProcessCPU(serverPID)
 	}
 	m.pg0 = r.backendCPU(ctx, appName)
+	m.machine0 = readMachineTicks()
 	if r.cfg.timeline {
 		m.ticks, m.quit = make(chan []int64, 1), make(chan struct{})
 		go func() {
@@ -774,6 +782,7 @@ func (r *racer) startMeter(ctx context.Context, name string, serverPID int, appN
 func (m *meter) stop(ctx context.Context) cpuUse {
 	var u cpuUse
 	u.self = benchmarks.SelfCPU() - m.self0
+	u.busy = readMachineTicks().busySince(m.machine0)
 	if m.quit != nil {
 		close(m.quit)
 		counts := <-m.ticks
@@ -792,6 +801,36 @@ func (m *meter) stop(ctx context.Context) cpuUse {
 		u.postgres += c - m.pg0[pid] // a backend started meanwhile counts whole
 	}
 	return u
+}
+
+// machineTicks are the machine's busy and idle CPU ticks so far, from the
+// first line of /proc/stat (zero where there is none).
+type machineTicks struct{ busy, idle int64 }
+
+func readMachineTicks() machineTicks {
+	raw, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return machineTicks{}
+	}
+	line, _, _ := strings.Cut(string(raw), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 9 || f[0] != "cpu" {
+		return machineTicks{}
+	}
+	var v [8]int64
+	for i := range v {
+		v[i], _ = strconv.ParseInt(f[i+1], 10, 64)
+	}
+	return machineTicks{busy: v[0] + v[1] + v[2] + v[5] + v[6] + v[7], idle: v[3] + v[4]}
+}
+
+// busySince returns the busy share of the CPU ticks since t0.
+func (t machineTicks) busySince(t0 machineTicks) float64 {
+	busy, idle := t.busy-t0.busy, t.idle-t0.idle
+	if busy+idle <= 0 {
+		return 0
+	}
+	return float64(busy) / float64(busy+idle)
 }
 
 // backendCPU returns the CPU time so far of each PostgreSQL backend whose
