@@ -56,7 +56,7 @@ type runner struct {
 	qmu       sync.Mutex
 	queue     []queued
 	pace      pacer
-	lastClaim int           // items the loop's last claim took (prefetches top up to it)
+	lastClaim int           // items the last claim took, or the largest prefetch since (prefetches top up to it)
 	claiming  chan struct{} // non-nil while a prefetch claims; closed when it ends
 	queueOpen bool          // the loop runs and sends what is queued; a prefetch that ends after it gives its items back
 
@@ -588,6 +588,9 @@ func (r *runner) rateLimited() bool {
 // PostgreSQL, the claim's whole write on SQLite).
 const prefetchBelow = 2 // half
 
+// queueClaims is how many claims' worth of items a runner may hold queued.
+const queueClaims = 2
+
 // maybePrefetch starts a claim in the background when the queue runs low,
 // unless one runs. Only the claim is early: the items wait in the queue
 // under their lease like any others. r.qmu is held.
@@ -600,11 +603,22 @@ func (r *runner) maybePrefetch(now time.Time) {
 	// yet), as the loop's own claims do: a node never holds much more work
 	// than that, which leaves the rest of the batch to the other nodes of
 	// a cluster.
-	target := min(r.e.cfg.ClaimSize, max(r.lookahead(now), r.lastClaim))
+	ahead := r.lookahead(now)
+	if ahead == 0 {
+		// The pace is not known yet (its first window has not ended):
+		// grow the claims, as TCP's slow start does, so that a batch
+		// does not start with a claim per concurrency's worth of items.
+		ahead = 2 * r.lastClaim
+	}
+	// A fast runner may queue up to queueClaims claims: the next claim
+	// (a store round trip and a commit, milliseconds on a busy machine)
+	// then runs while the calls work through a whole claim, and the
+	// calls do not run dry waiting for it.
+	target := min(queueClaims*r.e.cfg.ClaimSize, max(ahead, r.lastClaim))
 	if len(r.queue) > target/prefetchBelow {
 		return
 	}
-	limit := target - len(r.queue)
+	limit := min(r.e.cfg.ClaimSize, target-len(r.queue))
 	done := make(chan struct{})
 	r.claiming = done
 	r.e.calls.Add(1)
@@ -637,6 +651,9 @@ func (r *runner) prefetch(limit int) {
 	}
 	if len(items) > 0 {
 		r.enqueue(items, now, leaseUntil)
+		r.qmu.Lock()
+		r.lastClaim = max(r.lastClaim, len(items))
+		r.qmu.Unlock()
 	}
 }
 
