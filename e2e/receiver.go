@@ -66,6 +66,7 @@ type Receiver struct {
 
 	requests atomic.Int64
 	badSigs  atomic.Int64
+	last     atomic.Int64 // Unix nanoseconds of the latest request
 
 	mu         sync.Mutex
 	deliveries map[string]*Delivery
@@ -123,6 +124,7 @@ func (r *Receiver) Close() {
 func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	now := time.Now()
 	r.requests.Add(1)
+	r.last.Store(now.UnixNano())
 	body, err := io.ReadAll(req.Body)
 	if err != nil {
 		http.Error(w, "reading body", http.StatusBadRequest)
@@ -189,6 +191,14 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	w.WriteHeader(status)
 }
 
+// LastRequest returns when the latest request arrived (zero if none has).
+func (r *Receiver) LastRequest() time.Time {
+	if ns := r.last.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
 // Requests returns how many requests arrived, valid or not.
 func (r *Receiver) Requests() int64 { return r.requests.Load() }
 
@@ -229,6 +239,7 @@ func (r *Receiver) Reset() {
 	r.sigErrors = nil
 	r.requests.Store(0)
 	r.badSigs.Store(0)
+	r.last.Store(0)
 }
 
 // SignatureTolerance is how far webhook-timestamp may be from the

@@ -41,6 +41,7 @@ type completer struct {
 
 	arrived  chan struct{} // the buffer became non-empty
 	full     chan struct{} // the buffer reached flushSize
+	idle     chan struct{} // no call is in flight: write what there is now
 	stopping chan struct{}
 	stopOnce sync.Once
 }
@@ -57,6 +58,7 @@ func newCompleter(e *Engine) *completer {
 		space:    make(chan struct{}),
 		arrived:  make(chan struct{}, 1),
 		full:     make(chan struct{}, 1),
+		idle:     make(chan struct{}, 1),
 		stopping: make(chan struct{}),
 	}
 }
@@ -131,6 +133,7 @@ func (c *completer) run() {
 			timer.Reset(flushInterval)
 			select {
 			case <-c.full:
+			case <-c.idle:
 			case <-timer.C:
 			case <-c.stopping:
 			}

@@ -468,7 +468,14 @@ func (r *runner) claimAndSend(ctx context.Context) (int, error) {
 		r.e.stats.callsInFlight.Add(1)
 		go func() {
 			defer r.e.calls.Done()
-			defer r.e.stats.callsInFlight.Add(-1)
+			defer func() {
+				if r.e.stats.callsInFlight.Add(-1) == 0 {
+					// No call runs that could add to the completer's
+					// group: waiting out its interval would only delay
+					// the results (and the end of a batch).
+					signal(r.e.comp.idle)
+				}
+			}()
 			defer r.release(true, true, true)
 			// The chunk's oldest claim has the earliest deadline.
 			its := make([]batchsender.Item, len(chunk))

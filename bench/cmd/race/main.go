@@ -790,7 +790,8 @@ func (m *meter) stop(ctx context.Context) cpuUse {
 		for i := 1; i < len(counts); i++ {
 			fmt.Fprintf(&b, " %d", counts[i]-counts[i-1])
 		}
-		fmt.Printf("  %s: requests per 100 ms:%s\n", m.name, b.String())
+		fmt.Printf("  %s: requests per 100 ms:%s; the end was seen %v after the last request\n",
+			m.name, b.String(), time.Since(m.r.recv.LastRequest()).Round(time.Millisecond))
 	}
 	if m.serverPID > 0 {
 		if c, err := benchmarks.ProcessCPU(m.serverPID); err == nil {
