@@ -749,6 +749,7 @@ type meter struct {
 	pg0       map[int]time.Duration
 	machine0  machineTicks
 	ticks     chan []int64 // with -timeline: the receiver's request count every 100 ms
+	busyTicks chan []float64 // with -timeline: the machine's busy share in each 100 ms
 	quit      chan struct{}
 }
 
@@ -761,17 +762,24 @@ func (r *racer) startMeter(ctx context.Context, name string, serverPID int, appN
 	m.machine0 = readMachineTicks()
 	if r.cfg.timeline {
 		m.ticks, m.quit = make(chan []int64, 1), make(chan struct{})
+		m.busyTicks = make(chan []float64, 1)
 		go func() {
 			counts := []int64{r.recv.Requests()}
+			var busy []float64
+			t0 := readMachineTicks()
 			t := time.NewTicker(100 * time.Millisecond)
 			defer t.Stop()
 			for {
 				select {
 				case <-m.quit:
 					m.ticks <- append(counts, r.recv.Requests())
+					m.busyTicks <- busy
 					return
 				case <-t.C:
 					counts = append(counts, r.recv.Requests())
+					t1 := readMachineTicks()
+					busy = append(busy, t1.busySince(t0))
+					t0 = t1
 				}
 			}
 		}()
@@ -792,6 +800,11 @@ func (m *meter) stop(ctx context.Context) cpuUse {
 		}
 		fmt.Printf("  %s: requests per 100 ms:%s; the end was seen %v after the last request\n",
 			m.name, b.String(), time.Since(m.r.recv.LastRequest()).Round(time.Millisecond))
+		b.Reset()
+		for _, v := range <-m.busyTicks {
+			fmt.Fprintf(&b, " %.0f", 100*v)
+		}
+		fmt.Printf("  %s: machine %% busy per 100 ms (/proc/stat, coarse):%s\n", m.name, b.String())
 	}
 	if m.serverPID > 0 {
 		if c, err := benchmarks.ProcessCPU(m.serverPID); err == nil {
