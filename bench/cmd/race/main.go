@@ -748,7 +748,7 @@ type meter struct {
 	self0     time.Duration
 	pg0       map[int]time.Duration
 	machine0  machineTicks
-	ticks     chan []int64 // with -timeline: the receiver's request count every 100 ms
+	ticks     chan []int64   // with -timeline: the receiver's request count every 100 ms
 	busyTicks chan []float64 // with -timeline: the machine's busy share in each 100 ms
 	quit      chan struct{}
 }
