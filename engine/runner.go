@@ -56,7 +56,8 @@ type runner struct {
 	qmu       sync.Mutex
 	queue     []queued
 	pace      pacer
-	lastClaim int           // items the last claim took, or the largest prefetch since (prefetches top up to it)
+	lastClaim int           // items the loop's last claim took (prefetches top up to it)
+	lastFetch int           // items the last prefetch took (for the slow start; see maybePrefetch)
 	claiming  chan struct{} // non-nil while a prefetch claims; closed when it ends
 	queueOpen bool          // the loop runs and sends what is queued; a prefetch that ends after it gives its items back
 
@@ -611,11 +612,11 @@ func (r *runner) maybePrefetch(now time.Time) {
 	// than that, which leaves the rest of the batch to the other nodes of
 	// a cluster.
 	ahead := r.lookahead(now)
-	if ahead == 0 {
+	if !r.pace.known {
 		// The pace is not known yet (its first window has not ended):
 		// grow the claims, as TCP's slow start does, so that a batch
 		// does not start with a claim per concurrency's worth of items.
-		ahead = 2 * r.lastClaim
+		ahead = 2 * max(r.lastClaim, r.lastFetch)
 	}
 	// A fast runner may queue up to queueClaims claims: the next claim
 	// (a store round trip and a commit, milliseconds on a busy machine)
@@ -659,7 +660,7 @@ func (r *runner) prefetch(limit int) {
 	if len(items) > 0 {
 		r.enqueue(items, now, leaseUntil)
 		r.qmu.Lock()
-		r.lastClaim = max(r.lastClaim, len(items))
+		r.lastFetch = len(items)
 		r.qmu.Unlock()
 	}
 }
@@ -743,6 +744,9 @@ type pacer struct {
 	t0   time.Time // start of the current window
 	n    int       // items started in the window
 	rate float64   // smoothed items per second of past windows
+	// known is true once a window has ended: rate is a measurement
+	// (possibly 0), not the lack of one.
+	known bool
 }
 
 // paceWindow is the length of one measuring window of a pacer.
@@ -761,6 +765,7 @@ func (p *pacer) add(now time.Time, n int) {
 }
 
 func (p *pacer) fold(r float64) {
+	p.known = true
 	if p.rate == 0 {
 		p.rate = r
 		return
