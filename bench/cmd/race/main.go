@@ -159,7 +159,13 @@ func run(ctx context.Context, cfg config) error {
 	fmt.Printf("race: %d signed webhooks per contestant, BatchSender concurrency %d, River MaxWorkers %d, %d-byte bodies, GOMAXPROCS %d\n",
 		cfg.n, cfg.concurrency, cfg.riverWorkers, len(payload(nil, cfg.n/2, cfg.pad)), runtime.GOMAXPROCS(0))
 	for _, store := range strings.Split(cfg.stores, ",") {
-		if store != "postgres" && store != "sqlite" {
+		var runBS, runRiver func(context.Context) (result, error)
+		switch store {
+		case "postgres":
+			runBS, runRiver = r.batchsenderPG, r.riverPG
+		case "sqlite":
+			runBS, runRiver = r.batchsenderSQLite, r.riverSQLite
+		default:
 			return fmt.Errorf("unknown store %q: use postgres and/or sqlite", store)
 		}
 		// The contestants take turns, round after round, and the figures
@@ -187,21 +193,11 @@ func run(ctx context.Context, cfg config) error {
 		for i := range cfg.rounds {
 			var rd round
 			var err error
-			if store == "postgres" {
-				rd.bs, err = r.batchsenderPG(ctx)
-			} else {
-				rd.bs, err = r.batchsenderSQLite(ctx)
-			}
-			if err != nil {
+			if rd.bs, err = runBS(ctx); err != nil {
 				return fmt.Errorf("batchsender on %s: %w", store, err)
 			}
 			if !cfg.skipRiver {
-				if store == "postgres" {
-					rd.rv, err = r.riverPG(ctx)
-				} else {
-					rd.rv, err = r.riverSQLite(ctx)
-				}
-				if err != nil {
+				if rd.rv, err = runRiver(ctx); err != nil {
 					return fmt.Errorf("river on %s: %w", store, err)
 				}
 			}
